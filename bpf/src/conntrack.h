@@ -1,0 +1,149 @@
+/* Conntrack: makes the datapath stateful. An entry is created by the
+ * endpoint direction that allowed a connection (scope), so replies pass
+ * without a rule and both endpoints of a pod-to-pod flow track it apart. */
+#ifndef AEGIS_CONNTRACK_H
+#define AEGIS_CONNTRACK_H
+
+#include "common.h"
+#include "parse.h"
+
+#define CT_SYN_TIMEOUT_NS (60ULL * 1000000000ULL)
+#define CT_ESTABLISHED_TCP_NS (21600ULL * 1000000000ULL)
+#define CT_CLOSING_NS (10ULL * 1000000000ULL)
+#define CT_OTHER_NS (60ULL * 1000000000ULL)
+
+/* Connection states reported in flow events. */
+#define CT_NEW 1
+#define CT_ESTABLISHED 2
+#define CT_REPLY 3
+
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 scope; /* DIR_INGRESS or DIR_EGRESS of the endpoint that allowed it */
+	__u16 pad;
+};
+
+struct ct_entry {
+	__u64 expires_ns;       /* bpf_ktime_get_ns() clock */
+	__u64 last_report_ns;
+	__u64 packets_fwd;
+	__u64 bytes_fwd;
+	__u64 packets_rev;
+	__u64 bytes_rev;
+	__u32 policy_rev;
+	__u32 cookie;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u8 flags_fwd;         /* TCP flags seen in the original direction */
+	__u8 flags_rev;
+	__u8 closing;
+	__u8 pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} aegis_ct SEC(".maps");
+
+static __always_inline void ct_key_forward(struct ct_key *k, const struct tuple *t, __u8 scope)
+{
+	k->saddr = t->saddr;
+	k->daddr = t->daddr;
+	k->sport = t->sport;
+	k->dport = t->dport;
+	k->proto = t->proto;
+	k->scope = scope;
+	k->pad = 0;
+}
+
+static __always_inline void ct_key_reverse(struct ct_key *k, const struct tuple *t, __u8 scope)
+{
+	k->saddr = t->daddr;
+	k->daddr = t->saddr;
+	k->sport = t->dport;
+	k->dport = t->sport;
+	k->proto = t->proto;
+	k->scope = scope;
+	k->pad = 0;
+}
+
+static __always_inline __u64 ct_lifetime(const struct ct_entry *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_OTHER_NS;
+	if (e->closing)
+		return CT_CLOSING_NS;
+	/* Both sides have spoken: established. Otherwise a half-open attempt. */
+	if ((e->flags_fwd & TCP_FLAG_ACK) && (e->flags_rev & TCP_FLAG_ACK))
+		return CT_ESTABLISHED_TCP_NS;
+	return CT_SYN_TIMEOUT_NS;
+}
+
+/* An expired entry is as good as none: the daemon's GC removes it later. */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u64 now)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&aegis_ct, k);
+
+	if (e && e->expires_ns < now)
+		return 0;
+	return e;
+}
+
+/* Account one packet; returns the TCP flags among SYN/FIN/RST that this
+ * direction shows for the first time (worth a flow event). */
+static __always_inline __u8 ct_account(struct ct_entry *e, const struct tuple *t, int reply, __u64 now)
+{
+	__u8 interesting = TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST;
+	__u8 seen, fresh;
+
+	if (reply) {
+		__sync_fetch_and_add(&e->packets_rev, 1);
+		__sync_fetch_and_add(&e->bytes_rev, t->len);
+		seen = e->flags_rev;
+		if ((seen | t->tcp_flags) != seen)
+			e->flags_rev = seen | t->tcp_flags;
+	} else {
+		__sync_fetch_and_add(&e->packets_fwd, 1);
+		__sync_fetch_and_add(&e->bytes_fwd, t->len);
+		seen = e->flags_fwd;
+		if ((seen | t->tcp_flags) != seen)
+			e->flags_fwd = seen | t->tcp_flags;
+	}
+	fresh = t->tcp_flags & ~seen & interesting;
+	if (t->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		e->closing = 1;
+	/* A new SYN on a closing entry is a reused tuple: a new connection. */
+	if ((t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN && !reply && e->closing)
+		e->closing = 0;
+	e->expires_ns = now + ct_lifetime(e, t->proto);
+	return fresh;
+}
+
+static __always_inline struct ct_entry *
+ct_create(const struct ct_key *k, const struct tuple *t, __u32 src_id, __u32 dst_id,
+	  __u32 cookie, __u32 rev, __u64 now)
+{
+	struct ct_entry e = {
+		.last_report_ns = now,
+		.packets_fwd = 1,
+		.bytes_fwd = t->len,
+		.policy_rev = rev,
+		.cookie = cookie,
+		.src_identity = src_id,
+		.dst_identity = dst_id,
+		.flags_fwd = t->tcp_flags,
+	};
+	e.expires_ns = now + ct_lifetime(&e, t->proto);
+	if (bpf_map_update_elem(&aegis_ct, k, &e, BPF_ANY))
+		return 0;
+	return bpf_map_lookup_elem(&aegis_ct, k);
+}
+
+#endif

@@ -1,0 +1,131 @@
+/* The judgement of one packet at a pod's host-side veth. dir is the
+ * endpoint's direction: DIR_EGRESS for packets the pod sends (tcx ingress
+ * of the host veth), DIR_INGRESS for packets to the pod (tcx egress). */
+#ifndef AEGIS_DATAPATH_H
+#define AEGIS_DATAPATH_H
+
+#include "common.h"
+#include "parse.h"
+#include "endpoint.h"
+#include "ipcache.h"
+#include "policy.h"
+#include "conntrack.h"
+#include "events.h"
+
+static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t, __u8 reason,
+				__u8 dir, __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
+{
+	count(reason, dir, t->len);
+	emit(t, skb->ifindex, EVENT_DROP, reason, dir, src_id, dst_id, cookie, CT_NEW, 1, t->len, now);
+	return TCX_DROP;
+}
+
+static __always_inline int forward(const struct tuple *t, __u8 dir)
+{
+	count(REASON_FORWARDED, dir, t->len);
+	return TCX_NEXT;
+}
+
+static __always_inline void maybe_report(struct __sk_buff *skb, const struct tuple *t,
+					 struct ct_entry *e, __u8 fresh_flags, int reply,
+					 __u8 dir, __u64 now)
+{
+	if (fresh_flags) {
+		emit(t, skb->ifindex, EVENT_TCP_FLAGS, 0, dir, reply ? e->dst_identity : e->src_identity,
+		     reply ? e->src_identity : e->dst_identity, e->cookie,
+		     reply ? CT_REPLY : CT_ESTABLISHED, 0, 0, now);
+		return;
+	}
+	if (now - e->last_report_ns >= summary_interval_ns) {
+		e->last_report_ns = now;
+		emit(t, skb->ifindex, EVENT_SUMMARY, 0, dir, reply ? e->dst_identity : e->src_identity,
+		     reply ? e->src_identity : e->dst_identity, e->cookie,
+		     reply ? CT_REPLY : CT_ESTABLISHED, e->packets_fwd + e->packets_rev,
+		     e->bytes_fwd + e->bytes_rev, now);
+	}
+}
+
+static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
+{
+	struct endpoint_info *ep = lookup_endpoint(skb->ifindex);
+	struct tuple t = {};
+	__u64 now;
+	int rc;
+
+	/* Not an endpoint of ours (or one being torn down): not ours to judge. */
+	if (!ep)
+		return TCX_NEXT;
+	__u32 local_id = ep->identity;
+	int enforced = is_enforced(local_id, dir);
+
+	now = bpf_ktime_get_ns();
+	rc = parse_packet(skb, &t);
+	if (rc == PARSE_NOT_IP)
+		return TCX_NEXT;
+	if (rc != PARSE_OK && rc != PARSE_FRAGMENT) {
+		if (!enforced)
+			return forward(&t, dir);
+		return drop(skb, &t, rc == PARSE_IPV6 ? DROP_UNSUPPORTED_L3 : DROP_CT_INVALID_HDR,
+			    dir, 0, 0, 0, now);
+	}
+
+	__u32 remote_id = ipcache_identity_v4(dir == DIR_EGRESS ? t.daddr : t.saddr);
+	__u32 src_id = dir == DIR_EGRESS ? local_id : remote_id;
+	__u32 dst_id = dir == DIR_EGRESS ? remote_id : local_id;
+
+	if (rc == PARSE_FRAGMENT) {
+		if (!enforced)
+			return forward(&t, dir);
+		return drop(skb, &t, DROP_FRAG_NOT_FOUND, dir, src_id, dst_id, 0, now);
+	}
+
+	struct ct_key key;
+	struct ct_entry *e;
+	__u8 fresh;
+
+	/* Precedence: a reply of a connection this endpoint allowed in the
+	 * other direction passes without policy; then an existing connection
+	 * of this direction, re-judged if policy changed since; then policy. */
+	ct_key_reverse(&key, &t, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
+	e = ct_lookup(&key, now);
+	if (e) {
+		fresh = ct_account(e, &t, 1, now);
+		maybe_report(skb, &t, e, fresh, 1, dir, now);
+		return forward(&t, dir);
+	}
+
+	__u32 rev = policy_revision();
+	struct policy_entry verdict = { .action = ACTION_ALLOW };
+
+	ct_key_forward(&key, &t, dir);
+	e = ct_lookup(&key, now);
+	if (e && e->policy_rev == rev) {
+		fresh = ct_account(e, &t, 0, now);
+		maybe_report(skb, &t, e, fresh, 0, dir, now);
+		return forward(&t, dir);
+	}
+
+	if (enforced)
+		verdict = policy_verdict(local_id, remote_id, dir, t.proto, t.dport);
+	if (verdict.action == ACTION_DENY) {
+		if (e)
+			bpf_map_delete_elem(&aegis_ct, &key);
+		return drop(skb, &t, verdict.flags ? DROP_POLICY_DENY : DROP_POLICY_DENIED, dir,
+			    src_id, dst_id, verdict.cookie, now);
+	}
+
+	if (e) {
+		/* Still allowed under the new revision. */
+		e->policy_rev = rev;
+		e->cookie = verdict.cookie;
+		fresh = ct_account(e, &t, 0, now);
+		maybe_report(skb, &t, e, fresh, 0, dir, now);
+		return forward(&t, dir);
+	}
+
+	e = ct_create(&key, &t, src_id, dst_id, verdict.cookie, rev, now);
+	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
+	return forward(&t, dir);
+}
+
+#endif
