@@ -84,7 +84,7 @@ func TestAttachEnforceDetach(t *testing.T) {
 	}
 	// Default deny in both directions, nothing allowed.
 	enf := map[uint32]bpf.Enforcement{pod: {Ingress: true, Egress: true}}
-	if _, err := w.Apply(nil, enf); err != nil {
+	if _, err := w.Apply(nil, enf, nil); err != nil {
 		t.Fatal(err)
 	}
 	tn.pod.ExpectBlocked(t, "tcp", "10.9.0.1:9090")
@@ -96,7 +96,7 @@ func TestAttachEnforceDetach(t *testing.T) {
 	want := map[policy.Key]policy.Entry{
 		{Local: pod, Remote: policy.IdentityWorld, Dir: policy.Egress, Proto: policy.ProtoTCP, Port: 9090, PortPrefixLen: 16}: {Action: policy.ActionAllow, Cookie: 7},
 	}
-	if _, err := w.Apply(want, enf); err != nil {
+	if _, err := w.Apply(want, enf, nil); err != nil {
 		t.Fatal(err)
 	}
 	tn.pod.ExpectAllowed(t, "tcp", "10.9.0.1:9090")
@@ -140,7 +140,7 @@ func TestReloadKeepsStateAndLinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Apply(nil, map[uint32]bpf.Enforcement{pod: {Ingress: true}}); err != nil {
+	if _, err := w.Apply(nil, map[uint32]bpf.Enforcement{pod: {Ingress: true}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	tn.node.ExpectBlocked(t, "tcp", "10.9.0.2:8080")

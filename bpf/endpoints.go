@@ -44,3 +44,12 @@ func (m *Maps) ListEndpoints() (map[uint32]EndpointInfo, error) {
 	}
 	return out, nil
 }
+
+// LookupEndpoint reads one endpoint entry.
+func (m *Maps) LookupEndpoint(ifindex uint32) (EndpointInfo, bool) {
+	var v datapathEndpointInfo
+	if err := m.Endpoints.Lookup(ifindex, &v); err != nil {
+		return EndpointInfo{}, false
+	}
+	return EndpointInfo{Identity: v.Identity, EndpointID: v.EndpointId}, true
+}

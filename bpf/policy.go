@@ -121,13 +121,15 @@ func NewPolicyWriter(m *Maps) (*PolicyWriter, error) {
 
 // Apply makes the maps hold exactly want and enforce, in an order that never
 // lets through traffic that neither the old nor the new policy allows:
-//  1. new and changed entries (allows of the new policy, denies replacing
-//     allows atomically per key);
-//  2. enforcement flags: switched on once the new entries are in place,
-//     switched off (new policy selects nothing) which allows all;
+//  1. new and changed entries (allows of the new policy; a deny replaces an
+//     allow atomically per key) and enforcement flags (switched on once the
+//     new entries are in place; switched off only where the new policy
+//     selects nothing, which allows all);
+//  2. between, if not nil: the caller moves endpoints to new identities
+//     here, while the entries of both old and new identities are present;
 //  3. stale entries removed;
 //  4. the revision bumped, so established connections are judged again.
-func (w *PolicyWriter) Apply(want map[policy.Key]policy.Entry, enforce map[uint32]Enforcement) (SyncStats, error) {
+func (w *PolicyWriter) Apply(want map[policy.Key]policy.Entry, enforce map[uint32]Enforcement, between func() error) (SyncStats, error) {
 	var st SyncStats
 	var keys []datapathPolicyKey
 	var vals []datapathPolicyEntry
@@ -170,6 +172,12 @@ func (w *PolicyWriter) Apply(want map[policy.Key]policy.Entry, enforce map[uint3
 		}
 		delete(w.enforce, id)
 		st.Deleted++
+	}
+
+	if between != nil {
+		if err := between(); err != nil {
+			return st, err
+		}
 	}
 
 	var stale []datapathPolicyKey

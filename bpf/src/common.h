@@ -34,7 +34,7 @@
 #define DROP_INVALID 134         /* INVALID_PACKET_DROPPED */
 #define DROP_CT_INVALID_HDR 135  /* CT_TRUNCATED_OR_INVALID_HEADER */
 #define DROP_UNSUPPORTED_L3 139  /* UNSUPPORTED_L3_PROTOCOL */
-#define DROP_FRAG_NOT_FOUND 158  /* FRAG_NOT_FOUND: non-first fragment */
+#define DROP_FRAG_NOT_FOUND 175  /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND */
 #define DROP_POLICY_DENY 181     /* an explicit deny rule matched */
 
 /* Policy actions (daemon/policy.Action). */

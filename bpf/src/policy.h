@@ -83,50 +83,49 @@ static __always_inline struct policy_entry
 policy_verdict(__u32 local_id, __u32 remote_id, __u8 dir, __u8 proto, __be16 dport)
 {
 	struct policy_entry res = { .action = ACTION_DENY, .cookie = 0 };
-	struct policy_entry *c1, *c2, *c3, *c4, *allow = 0;
+	struct policy_entry *c1, *c2, *c3, *c4;
 
 	c1 = policy_lookup_one(local_id, remote_id, dir, proto, dport);
 	c2 = policy_lookup_one(local_id, remote_id, dir, 0, 0);
 	c3 = policy_lookup_one(local_id, IDENTITY_ANY, dir, proto, dport);
 	c4 = policy_lookup_one(local_id, IDENTITY_ANY, dir, 0, 0);
 
-	/* Walk from the least to the most preferred candidate so the last
-	 * assignment wins; a deny returns at once. (Written out rather than as
-	 * an array: the verifier refuses arithmetic on arrays of map values.) */
-	if (c4) {
-		if (c4->action == ACTION_DENY)
-			goto deny4;
-		allow = c4;
+	/* Denies first, most specific first, so the verdict names the most
+	 * specific deny; then the most specific allow. The barriers keep clang
+	 * from merging the null checks into arithmetic on map value pointers,
+	 * which the verifier refuses. */
+	barrier_var(c1);
+	barrier_var(c2);
+	barrier_var(c3);
+	barrier_var(c4);
+	if (c1 && c1->action == ACTION_DENY) {
+		res = *c1;
+		goto deny;
 	}
-	if (c3) {
-		if (c3->action == ACTION_DENY)
-			goto deny3;
-		allow = c3;
+	if (c2 && c2->action == ACTION_DENY) {
+		res = *c2;
+		goto deny;
 	}
-	if (c2) {
-		if (c2->action == ACTION_DENY)
-			goto deny2;
-		allow = c2;
+	if (c3 && c3->action == ACTION_DENY) {
+		res = *c3;
+		goto deny;
 	}
-	if (c1) {
-		if (c1->action == ACTION_DENY)
-			goto deny1;
-		allow = c1;
+	if (c4 && c4->action == ACTION_DENY) {
+		res = *c4;
+		goto deny;
 	}
-	if (allow)
-		res = *allow;
+	if (c1)
+		return *c1;
+	barrier_var(c2);
+	if (c2)
+		return *c2;
+	barrier_var(c3);
+	if (c3)
+		return *c3;
+	barrier_var(c4);
+	if (c4)
+		return *c4;
 	return res;
-deny1:
-	res = *c1;
-	goto deny;
-deny2:
-	res = *c2;
-	goto deny;
-deny3:
-	res = *c3;
-	goto deny;
-deny4:
-	res = *c4;
 deny:
 	res.flags = 1; /* explicit deny */
 	return res;

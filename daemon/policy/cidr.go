@@ -1,0 +1,63 @@
+package policy
+
+import (
+	"net/netip"
+	"slices"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// CIDRs returns the prefixes the policies need CIDR identities for: every
+// ipBlock cidr and except, masked, without duplicates, sorted (IPv4 first).
+// The excepts matter as much as the cidrs: the ipcache resolves an address
+// to its longest known prefix, and only an identity of its own keeps an
+// address in an except range from resolving to the enclosing cidr's
+// identity. 0.0.0.0/0 and ::/0 are left out: they mean world plus every
+// CIDR identity. Invalid prefixes are skipped; Validate reports them.
+func CIDRs(nps []*networkingv1.NetworkPolicy) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	add := func(s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Bits() == 0 || p.Addr().Is4In6() {
+			return
+		}
+		seen[p.Masked()] = true
+	}
+	addPeers := func(peers []networkingv1.NetworkPolicyPeer) {
+		for _, peer := range peers {
+			if peer.IPBlock == nil {
+				continue
+			}
+			add(peer.IPBlock.CIDR)
+			for _, e := range peer.IPBlock.Except {
+				add(e)
+			}
+		}
+	}
+	for _, np := range nps {
+		if np == nil {
+			continue
+		}
+		for _, r := range np.Spec.Ingress {
+			addPeers(r.From)
+		}
+		for _, r := range np.Spec.Egress {
+			addPeers(r.To)
+		}
+	}
+	out := make([]netip.Prefix, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, comparePrefix)
+	return out
+}
+
+// comparePrefix orders by address (IPv4 before IPv6), then shorter prefix
+// first.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

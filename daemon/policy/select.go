@@ -1,0 +1,155 @@
+package policy
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// isPod reports whether id is a pod identity: neither reserved nor CIDR.
+func (id *Identity) isPod() bool {
+	return id.Reserved == "" && !id.CIDR.IsValid()
+}
+
+// identityIndex sorts the known identities by kind once per compile, so
+// peer selection scans only the kind it can select.
+type identityIndex struct {
+	byID  map[uint32]*Identity
+	pods  []*Identity // by ID
+	cidrs []*Identity // by ID, CIDR masked
+}
+
+func newIdentityIndex(ids []Identity) *identityIndex {
+	x := &identityIndex{byID: make(map[uint32]*Identity, len(ids))}
+	for i := range ids {
+		id := &ids[i]
+		if _, dup := x.byID[id.ID]; dup {
+			continue
+		}
+		x.byID[id.ID] = id
+		switch {
+		case id.CIDR.IsValid():
+			x.cidrs = append(x.cidrs, id)
+		case id.isPod():
+			x.pods = append(x.pods, id)
+		}
+	}
+	byID := func(a, b *Identity) int { return cmp.Compare(a.ID, b.ID) }
+	slices.SortFunc(x.pods, byID)
+	slices.SortFunc(x.cidrs, byID)
+	return x
+}
+
+// remotes is the set of remote identities a rule's peers select.
+type remotes struct {
+	any bool     // the rule has no peers: every remote, IdentityAny
+	ids []uint32 // sorted, unique; empty with !any means nothing
+}
+
+// peers resolves a rule's from/to list. Each peer adds to the set: peers
+// are ORed, and the selectors within one peer are ANDed.
+func (x *identityIndex) peers(namespace string, list []networkingv1.NetworkPolicyPeer) (remotes, error) {
+	if len(list) == 0 {
+		return remotes{any: true}, nil
+	}
+	var ids []uint32
+	for i := range list {
+		sel, err := x.peer(namespace, &list[i])
+		if err != nil {
+			return remotes{}, err
+		}
+		ids = append(ids, sel...)
+	}
+	slices.Sort(ids)
+	return remotes{ids: slices.Compact(ids)}, nil
+}
+
+func (x *identityIndex) peer(namespace string, p *networkingv1.NetworkPolicyPeer) ([]uint32, error) {
+	if p.IPBlock != nil {
+		return x.ipBlock(p.IPBlock)
+	}
+	if p.PodSelector == nil && p.NamespaceSelector == nil {
+		return nil, nil // Validate rejects an empty peer; it selects nothing
+	}
+	podSel, err := asSelector(p.PodSelector)
+	if err != nil {
+		return nil, err
+	}
+	nsSel, err := asSelector(p.NamespaceSelector)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint32
+	for _, id := range x.pods {
+		// Without a namespaceSelector the peer means the policy's own
+		// namespace.
+		if p.NamespaceSelector == nil && id.Namespace != namespace {
+			continue
+		}
+		if nsSel != nil && !nsSel.Matches(labels.Set(id.NamespaceLabels)) {
+			continue
+		}
+		if podSel != nil && !podSel.Matches(labels.Set(id.Labels)) {
+			continue
+		}
+		ids = append(ids, id.ID)
+	}
+	return ids, nil
+}
+
+// asSelector converts an optional selector; nil means "no constraint".
+func asSelector(sel *metav1.LabelSelector) (labels.Selector, error) {
+	if sel == nil {
+		return nil, nil
+	}
+	return metav1.LabelSelectorAsSelector(sel)
+}
+
+// ipBlock selects the CIDR identities inside cidr and outside every except.
+// Following Cilium, an ipBlock never selects pod, host or remote-node
+// identities: traffic from a pod carries the pod's identity even when its
+// address is inside the block. The ipcache maps an address to the longest
+// prefix it knows, which is why CIDRs asks for an identity per except too:
+// an address in an except range resolves to that except's identity, which is
+// not selected here. Only a /0 reaches addresses outside every known
+// prefix, which the ipcache maps to world.
+func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
+	cidr, err := netip.ParsePrefix(b.CIDR)
+	if err != nil {
+		return nil, err
+	}
+	cidr = cidr.Masked()
+	excepts := make([]netip.Prefix, 0, len(b.Except))
+	for _, s := range b.Except {
+		e, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		excepts = append(excepts, e.Masked())
+	}
+	var ids []uint32
+	if cidr.Bits() == 0 {
+		ids = append(ids, IdentityWorld)
+	}
+	for _, id := range x.cidrs {
+		if !prefixContains(cidr, id.CIDR) {
+			continue
+		}
+		if slices.ContainsFunc(excepts, func(e netip.Prefix) bool { return prefixContains(e, id.CIDR) }) {
+			continue
+		}
+		ids = append(ids, id.ID)
+	}
+	return ids, nil
+}
+
+// prefixContains reports whether inner lies entirely inside outer.
+func prefixContains(outer, inner netip.Prefix) bool {
+	return outer.Addr().BitLen() == inner.Addr().BitLen() &&
+		inner.Bits() >= outer.Bits() &&
+		outer.Masked().Contains(inner.Addr())
+}
