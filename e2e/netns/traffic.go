@@ -150,3 +150,31 @@ func (ns *NS) ExpectBlocked(t testing.TB, network, addr string) {
 		t.Errorf("%s -> %s/%s: want blocked, but it passed", ns.Name, addr, network)
 	}
 }
+
+// ProbeFrom is Probe with a chosen source address (an outside host with
+// several addresses).
+func (ns *NS) ProbeFrom(src, network, addr string, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		d := net.Dialer{Timeout: timeout}
+		if network == "udp" {
+			d.LocalAddr = &net.UDPAddr{IP: net.ParseIP(src)}
+		} else {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
+		c, err = d.Dial(network+"4", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	got, err := Exchange(c, "ping", timeout)
+	if err != nil {
+		return err
+	}
+	if !strings.HasSuffix(got, "ping") {
+		return fmt.Errorf("unexpected answer %q", got)
+	}
+	return nil
+}

@@ -1,0 +1,65 @@
+# Aegis. `make demo` and `make test` do all the set-up on a fresh node.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+CACHE ?= $(or $(AEGIS_CACHE),/var/cache/aegis)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/aegis-cni/aegis/daemon/agent.Version=$(VERSION) -X main.Version=$(VERSION)
+CNI_PLUGINS := $(CACHE)/cni-plugins-v1.9.1
+# e2e tests find the binaries and peers here.
+export AEGIS_BIN := $(BIN)
+export AEGIS_CNI_PLUGINS := $(CNI_PLUGINS)
+
+.PHONY: all build deps generate check-generated peers test unit e2e demo bench clean
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+build:
+	@echo "build: aegis-cni aegis-ipam aegisd aegis -> $(BIN)"
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis-cni ./plugin
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis-ipam ./ipam
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegisd ./daemon/cmd/aegisd
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis ./daemon/cmd/aegis
+
+# The CNI reference plugins the e2e chain runs in front of aegis-cni, at the
+# version go.mod pins, built once into the cache.
+peers:
+	@if [ -x $(CNI_PLUGINS)/ptp ] && [ -x $(CNI_PLUGINS)/host-local ]; then \
+		echo "peers: CNI reference plugins v1.9.1 cached in $(CNI_PLUGINS)"; \
+	else \
+		echo "peers: building CNI reference plugins v1.9.1 into $(CNI_PLUGINS)"; \
+		mkdir -p $(CNI_PLUGINS) && \
+		$(GO) build -o $(CNI_PLUGINS)/ptp github.com/containernetworking/plugins/plugins/main/ptp && \
+		$(GO) build -o $(CNI_PLUGINS)/host-local github.com/containernetworking/plugins/plugins/ipam/host-local; \
+	fi
+
+generate:
+	cd bpf && BPF_CLANG=clang $(GO) generate ./
+	clang -dumpversion | cut -d. -f1 > bpf/CLANG_VERSION
+
+check-generated:
+	@./scripts/check-generated.sh
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: build peers
+	$(GO) test -count=1 -p 1 -timeout 20m ./e2e/...
+
+test: deps build peers check-generated
+	$(GO) vet ./...
+	$(GO) test -count=1 -p 1 -timeout 25m ./...
+
+demo: deps build peers
+	@./scripts/demo.sh
+
+bench: deps build peers
+	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./e2e/bench/
+
+clean:
+	rm -rf $(BIN)

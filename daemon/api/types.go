@@ -1,0 +1,142 @@
+// Package api is aegisd's local API: JSON over HTTP on a root-only unix
+// socket. The CNI plugin registers endpoints through it; the `aegis` CLI
+// reads state through it. Types here are the wire format.
+package api
+
+import (
+	"net/netip"
+	"time"
+)
+
+// DefaultSocket is where aegisd listens on a node.
+const DefaultSocket = "/var/run/aegis/aegisd.sock"
+
+// EndpointRequest registers a pod interface (CNI ADD) or names one (DEL).
+type EndpointRequest struct {
+	ContainerID  string       `json:"containerID"`
+	IfName       string       `json:"ifName"`
+	Netns        string       `json:"netns,omitempty"`
+	HostIfName   string       `json:"hostIfName,omitempty"`
+	HostIfindex  int          `json:"hostIfindex,omitempty"`
+	IPs          []netip.Addr `json:"ips,omitempty"`
+	PodNamespace string       `json:"podNamespace,omitempty"`
+	PodName      string       `json:"podName,omitempty"`
+}
+
+// EndpointResponse answers a registration: policy for Identity is in the
+// maps by the time it is sent.
+type EndpointResponse struct {
+	ID       uint32 `json:"id"`
+	Identity uint32 `json:"identity"`
+}
+
+// GCRequest names the attachments the runtime still considers valid.
+type GCRequest struct {
+	Valid []Attachment `json:"validAttachments"`
+}
+
+// Attachment is a CNI attachment key.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// GCResponse lists what GC removed.
+type GCResponse struct {
+	Removed []Attachment `json:"removed"`
+}
+
+// Status is the daemon's health.
+type Status struct {
+	Ready          bool         `json:"ready"`
+	Reason         string       `json:"reason,omitempty"`
+	Version        string       `json:"version"`
+	NodeName       string       `json:"nodeName"`
+	Started        time.Time    `json:"started"`
+	BPFRoot        string       `json:"bpfRoot"`
+	Endpoints      int          `json:"endpoints"`
+	Identities     int          `json:"identities"`
+	PolicyRevision uint32       `json:"policyRevision"`
+	PolicyEntries  int          `json:"policyEntries"`
+	IPCacheEntries int          `json:"ipcacheEntries"`
+	Source         SourceStatus `json:"source"`
+	LastRegen      RegenStatus  `json:"lastRegeneration"`
+}
+
+// SourceStatus says where policy comes from and what was rejected.
+type SourceStatus struct {
+	Kind       string `json:"kind"` // "manifests"
+	Location   string `json:"location"`
+	Generation uint64 `json:"generation"`
+	// Applied is the generation the datapath state was last built from.
+	Applied  uint64   `json:"appliedGeneration"`
+	Policies int      `json:"policies"`
+	Rejected []string `json:"rejected,omitempty"`
+}
+
+// RegenStatus describes the last regeneration of the datapath state.
+type RegenStatus struct {
+	At       time.Time     `json:"at"`
+	Duration time.Duration `json:"duration"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// Endpoint is one endpoint as the CLI shows it.
+type Endpoint struct {
+	ID              uint32       `json:"id"`
+	ContainerID     string       `json:"containerID"`
+	IfName          string       `json:"ifName"`
+	HostIfName      string       `json:"hostIfName"`
+	HostIfindex     int          `json:"hostIfindex"`
+	IPs             []netip.Addr `json:"ips"`
+	PodNamespace    string       `json:"podNamespace"`
+	PodName         string       `json:"podName"`
+	Identity        uint32       `json:"identity"`
+	Labels          []string     `json:"labels"`
+	IngressEnforced bool         `json:"ingressEnforced"`
+	EgressEnforced  bool         `json:"egressEnforced"`
+}
+
+// Identity is one numeric identity and what it stands for.
+type Identity struct {
+	ID        uint32   `json:"id"`
+	Kind      string   `json:"kind"` // pod, cidr, reserved
+	Labels    []string `json:"labels"`
+	Endpoints int      `json:"endpoints"` // local endpoints using it
+}
+
+// Policy is the compiled policy of one local identity.
+type Policy struct {
+	Identity        uint32        `json:"identity"`
+	Labels          []string      `json:"labels"`
+	IngressEnforced bool          `json:"ingressEnforced"`
+	EgressEnforced  bool          `json:"egressEnforced"`
+	Rules           []Rule        `json:"rules"`
+	Entries         []PolicyEntry `json:"entries"`
+}
+
+// Rule names a policy rule behind a cookie.
+type Rule struct {
+	Cookie    uint32 `json:"cookie"`
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	Direction string `json:"direction"`
+	Index     int    `json:"index"`
+}
+
+// PolicyEntry is one map entry of the policy, decoded.
+type PolicyEntry struct {
+	Remote    uint32 `json:"remote"`
+	Direction string `json:"direction"`
+	Proto     string `json:"proto"`
+	Ports     string `json:"ports"` // "any", "80", "8080/13" (prefix)
+	Action    string `json:"action"`
+	Cookie    uint32 `json:"cookie"`
+	Rule      string `json:"rule"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}

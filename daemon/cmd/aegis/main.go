@@ -1,0 +1,86 @@
+// Command aegis is the node debug CLI: it asks aegisd through its local
+// socket, and reads the pinned maps directly for `aegis bpf ...` so the
+// datapath can be inspected even while the daemon is down.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/api"
+)
+
+const usage = `usage: aegis [--socket PATH] [--bpf-root DIR] COMMAND [-o json]
+
+Commands:
+  status                      daemon health, source, counts
+  endpoint list               pods attached on this node
+  identity list               numeric identities and their labels
+  policy get [--identity N | --endpoint CONTAINER | --pod NS/NAME]
+                              compiled policy: the rules and the map entries
+  bpf endpoint list           the endpoints map, read from the pins
+  bpf policy list             the policy map
+  bpf ipcache list            the ipcache map
+  bpf ct list                 live conntrack entries
+  bpf counters                forwarded and dropped packets by reason and direction
+`
+
+type globals struct {
+	socket  string
+	bpfRoot string
+}
+
+func main() {
+	if err := run(context.Background(), os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "aegis:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, argv []string) error {
+	g := globals{}
+	fs := flag.NewFlagSet("aegis", flag.ContinueOnError)
+	fs.StringVar(&g.socket, "socket", api.DefaultSocket, "aegisd's local API socket")
+	fs.StringVar(&g.bpfRoot, "bpf-root", bpf.DefaultRoot, "bpffs root of the pinned maps")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	if err := fs.Parse(argv); err != nil {
+		return err
+	}
+	args := fs.Args()
+	if len(args) == 0 {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	client := api.NewClient(g.socket, 30*time.Second)
+	cmd, rest := args[0], args[1:]
+	if len(rest) > 0 && (cmd == "endpoint" || cmd == "identity" || cmd == "policy" || cmd == "bpf") {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	if cmd == "bpf" && len(rest) > 0 {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	switch cmd {
+	case "status":
+		return cmdStatus(ctx, client, rest)
+	case "endpoint list":
+		return cmdEndpoints(ctx, client, rest)
+	case "identity list":
+		return cmdIdentities(ctx, client, rest)
+	case "policy get":
+		return cmdPolicy(ctx, client, rest)
+	case "bpf endpoint list", "bpf policy list", "bpf ipcache list", "bpf ct list", "bpf counters":
+		return cmdBPF(g, cmd, rest)
+	}
+	fs.Usage()
+	return fmt.Errorf("unknown command %q", cmd)
+}

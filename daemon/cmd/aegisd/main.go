@@ -1,0 +1,124 @@
+// Command aegisd is Aegis's node daemon: identities, policy compilation,
+// the pinned datapath maps, and the local API the CNI plugin and the
+// `aegis` CLI talk to.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/agent"
+	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/manifests"
+	"github.com/aegis-cni/aegis/daemon/policy"
+)
+
+type options struct {
+	bpfRoot         string
+	stateDir        string
+	socket          string
+	manifests       string
+	nodeName        string
+	nodeIPs         []netip.Addr
+	logLevel        slog.Level
+	summaryInterval time.Duration
+}
+
+func parseFlags(argv []string) (*options, error) {
+	o := &options{}
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("aegisd", flag.ContinueOnError)
+	fs.StringVar(&o.bpfRoot, "bpf-root", bpf.DefaultRoot, "bpffs directory for pinned maps, programs and links (mounted if it is not a bpffs)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/aegis", "directory for persisted endpoints and identities")
+	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "unix socket of the local API (root only)")
+	fs.StringVar(&o.manifests, "manifests", "", "standalone source: directory of Namespace, Pod and NetworkPolicy YAML manifests, watched for changes")
+	fs.StringVar(&o.nodeName, "node-name", host, "this node's name")
+	fs.Func("node-ip", "address of this node, given the host identity (repeatable; default: every address of this network namespace)", func(s string) error {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("invalid address %q", s)
+		}
+		o.nodeIPs = append(o.nodeIPs, ip)
+		return nil
+	})
+	fs.Func("log-level", "debug, info, warn or error (default info)", func(s string) error {
+		return o.logLevel.UnmarshalText([]byte(s))
+	})
+	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: aegisd --manifests DIR [flags]\n\naegisd enforces network policy on this node's pods through eBPF programs that\nthe aegis-cni plugin attaches; policy comes from a directory of Kubernetes manifests.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(argv); err != nil {
+		return nil, err
+	}
+	if o.manifests == "" {
+		return nil, errors.New("--manifests is required (the Kubernetes API source comes with a later release)")
+	}
+	if st, err := os.Stat(o.manifests); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("--manifests %s: not a directory", o.manifests)
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "aegisd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "aegisd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o *options) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	a, err := agent.New(agent.Config{
+		NodeName: o.nodeName, BPFRoot: o.bpfRoot, StateDir: o.stateDir,
+		NodeIPs: o.nodeIPs, SummaryInterval: o.summaryInterval, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
+	go func() {
+		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate))
+		errc <- w.Run(ctx, func(s *manifests.Snapshot, rejected []manifests.FileError) {
+			if err := a.ApplySnapshot(ctx, s, rejected, o.manifests); err != nil && ctx.Err() == nil {
+				log.Error("apply manifests", "err", err)
+			}
+		})
+	}()
+	log.Info("aegisd started", "version", agent.Version, "node", o.nodeName, "bpfRoot", o.bpfRoot,
+		"socket", o.socket, "manifests", o.manifests, "nodeIPs", strings.Trim(fmt.Sprint(o.nodeIPs), "[]"))
+	go a.Run(ctx)
+	select {
+	case <-ctx.Done():
+		log.Info("aegisd stopping; pinned programs and maps keep enforcing")
+		return nil
+	case err := <-errc:
+		return err
+	}
+}

@@ -1,0 +1,162 @@
+// Package identity hands out numeric identities: a pod's label set
+// (namespace, pod labels, namespace labels) or a CIDR prefix to a number
+// that policy is keyed by. Numbers are node-local (packets carry no
+// identity across nodes in an overlay without encapsulation of ours, so
+// each node only needs to agree with itself) and stable: allocations are
+// persisted, so a restart maps every label set to the number it had.
+package identity
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/aegis-cni/aegis/daemon/policy"
+	"github.com/aegis-cni/aegis/daemon/state"
+)
+
+// Labels is a pod identity's label set.
+type Labels struct {
+	Namespace       string            `json:"namespace"`
+	Pod             map[string]string `json:"labels,omitempty"`
+	NamespaceLabels map[string]string `json:"namespaceLabels,omitempty"`
+}
+
+// Key is the canonical text of a label set, the allocator's key.
+func (l Labels) Key() string {
+	var b strings.Builder
+	b.WriteString("ns=")
+	b.WriteString(l.Namespace)
+	for _, k := range slices.Sorted(maps.Keys(l.Pod)) {
+		fmt.Fprintf(&b, ";k8s:%s=%s", k, l.Pod[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(l.NamespaceLabels)) {
+		fmt.Fprintf(&b, ";ns:%s=%s", k, l.NamespaceLabels[k])
+	}
+	return b.String()
+}
+
+// Reserved lists the reserved identities every node knows.
+var Reserved = []policy.Identity{
+	{ID: policy.IdentityHost, Reserved: "host"},
+	{ID: policy.IdentityWorld, Reserved: "world"},
+	{ID: policy.IdentityRemoteNode, Reserved: "remote-node"},
+	{ID: policy.IdentityKubeAPIServer, Reserved: "kube-apiserver"},
+}
+
+type record struct {
+	ID     uint32        `json:"id"`
+	Labels *Labels       `json:"labels,omitempty"`
+	CIDR   *netip.Prefix `json:"cidr,omitempty"`
+}
+
+// Allocator maps label sets and prefixes to identities.
+type Allocator struct {
+	mu       sync.Mutex
+	path     string
+	byKey    map[string]record
+	nextPod  uint32
+	nextCIDR uint32
+}
+
+// NewAllocator loads the allocations persisted at path (if any).
+func NewAllocator(path string) (*Allocator, error) {
+	a := &Allocator{path: path, byKey: map[string]record{}, nextPod: policy.FirstPodIdentity, nextCIDR: policy.FirstCIDRIdentity}
+	var recs []record
+	if _, err := state.ReadJSON(path, &recs); err != nil {
+		return nil, fmt.Errorf("load identities: %w", err)
+	}
+	for _, r := range recs {
+		switch {
+		case r.Labels != nil:
+			a.byKey[r.Labels.Key()] = r
+			a.nextPod = max(a.nextPod, r.ID+1)
+		case r.CIDR != nil:
+			a.byKey[cidrKey(*r.CIDR)] = r
+			a.nextCIDR = max(a.nextCIDR, r.ID+1)
+		}
+	}
+	return a, nil
+}
+
+func cidrKey(p netip.Prefix) string { return "cidr=" + p.Masked().String() }
+
+// Sync makes the allocator hold exactly the given label sets and prefixes:
+// known ones keep their numbers, new ones get fresh numbers, the rest are
+// released. It returns every identity it holds and persists them when
+// anything changed.
+func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	want := map[string]record{}
+	changed := false
+	for _, l := range pods {
+		k := l.Key()
+		if _, ok := want[k]; ok {
+			continue
+		}
+		r, ok := a.byKey[k]
+		if !ok {
+			l := l
+			r = record{ID: a.nextPod, Labels: &l}
+			a.nextPod++
+			changed = true
+		}
+		want[k] = r
+	}
+	for _, p := range cidrs {
+		k := cidrKey(p)
+		if _, ok := want[k]; ok {
+			continue
+		}
+		r, ok := a.byKey[k]
+		if !ok {
+			p := p.Masked()
+			r = record{ID: a.nextCIDR, CIDR: &p}
+			a.nextCIDR++
+			changed = true
+		}
+		want[k] = r
+	}
+	if len(want) != len(a.byKey) {
+		changed = true
+	}
+	a.byKey = want
+	out := make(map[string]uint32, len(want))
+	for k, r := range want {
+		out[k] = r.ID
+	}
+	if changed {
+		recs := slices.SortedFunc(maps.Values(want), func(x, y record) int { return int(x.ID) - int(y.ID) })
+		if err := state.WriteJSON(a.path, recs); err != nil {
+			return out, fmt.Errorf("persist identities: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// CIDRKey is the key Sync's result uses for a prefix.
+func CIDRKey(p netip.Prefix) string { return cidrKey(p) }
+
+// All returns every identity held, reserved ones included, for the compiler.
+func (a *Allocator) All() []policy.Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := slices.Clone(Reserved)
+	for _, r := range a.byKey {
+		id := policy.Identity{ID: r.ID}
+		if r.Labels != nil {
+			id.Namespace = r.Labels.Namespace
+			id.Labels = r.Labels.Pod
+			id.NamespaceLabels = r.Labels.NamespaceLabels
+		} else if r.CIDR != nil {
+			id.CIDR = *r.CIDR
+		}
+		out = append(out, id)
+	}
+	slices.SortFunc(out, func(x, y policy.Identity) int { return int(x.ID) - int(y.ID) })
+	return out
+}

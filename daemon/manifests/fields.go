@@ -1,0 +1,105 @@
+package manifests
+
+import (
+	"encoding"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+)
+
+var (
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// unknownField walks a decoded JSON value alongside the Go type it is meant
+// for and returns the path of the first field the type does not have
+// ("spec.ingress[0].fromm"), or "". encoding/json only says `unknown field
+// "fromm"`, which is no help in a 300-line policy.
+func unknownField(raw any, into any) string {
+	return walkUnknown(raw, reflect.TypeOf(into), "")
+}
+
+func walkUnknown(raw any, t reflect.Type, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	// Types that decode themselves (IntOrString, Quantity, Time) are leaves.
+	if t.Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler) ||
+		t.Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return ""
+	}
+	switch v := raw.(type) {
+	case map[string]any:
+		switch t.Kind() {
+		case reflect.Map:
+			for k, val := range v {
+				if f := walkUnknown(val, t.Elem(), join(path, k)); f != "" {
+					return f
+				}
+			}
+		case reflect.Struct:
+			fields := jsonFields(t)
+			for k, val := range v {
+				ft, ok := fields[k]
+				if !ok {
+					return join(path, k)
+				}
+				if f := walkUnknown(val, ft, join(path, k)); f != "" {
+					return f
+				}
+			}
+		}
+	case []any:
+		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			for i, val := range v {
+				if f := walkUnknown(val, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); f != "" {
+					return f
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func join(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+// jsonFields maps JSON names to field types, following inline and
+// embedded structs as encoding/json does.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() && !f.Anonymous {
+			continue
+		}
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if (f.Anonymous && name == "") || strings.Contains(opts, "inline") {
+			if ft.Kind() == reflect.Struct {
+				for k, v := range jsonFields(ft) {
+					out[k] = v
+				}
+				continue
+			}
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
+}

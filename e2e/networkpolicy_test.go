@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/e2e/netns"
+	"github.com/aegis-cni/aegis/e2e/node"
+)
+
+// cluster is the namespace node with the pods every NetworkPolicy case
+// uses: in namespace prod (team=a) web serves TCP 8080 (named "http"),
+// TCP 9090 and UDP 5353; client and other probe it; in namespace dev
+// (team=b) devclient has client's labels; outside hosts 192.0.2.10 and
+// 192.0.2.200 sit behind the uplink.
+type cluster struct {
+	n                             *node.Node
+	web, client, other, devclient *node.Pod
+	out                           *node.Outside
+}
+
+func newCluster(t *testing.T, opts node.Options) *cluster {
+	n := node.New(t, opts)
+	n.Apply("00-namespaces.yaml", node.NamespaceManifest("prod", map[string]string{"team": "a"})+"---\n"+
+		node.NamespaceManifest("dev", map[string]string{"team": "b"}))
+	n.Apply("01-pods.yaml", strings.Join([]string{
+		node.PodManifest("prod", "web", map[string]string{"app": "web"}, "http:8080/TCP", "dns:5353/UDP"),
+		node.PodManifest("prod", "client", map[string]string{"app": "client"}),
+		node.PodManifest("prod", "other", map[string]string{"app": "other"}),
+		node.PodManifest("dev", "devclient", map[string]string{"app": "client"}),
+	}, "---\n"))
+	n.StartDaemon()
+	c := &cluster{n: n}
+	c.web = n.NewPod("prod", "web", map[string]string{"app": "web"})
+	c.client = n.NewPod("prod", "client", map[string]string{"app": "client"})
+	c.other = n.NewPod("prod", "other", map[string]string{"app": "other"})
+	c.devclient = n.NewPod("dev", "devclient", map[string]string{"app": "client"})
+	c.out = n.AddOutside(t, "192.0.2.10", "192.0.2.200")
+	c.web.NS.Serve(t, "tcp", c.web.Addr(8080), "web:")
+	c.web.NS.Serve(t, "tcp", c.web.Addr(9090), "web:")
+	c.web.NS.Serve(t, "udp", c.web.Addr(5353), "web:")
+	c.out.NS.Serve(t, "tcp", "0.0.0.0:80", "out:")
+	c.client.NS.Serve(t, "tcp", c.client.Addr(7070), "client:")
+	return c
+}
+
+func (c *cluster) expectOutside(t *testing.T, src, addr string, allowed bool) {
+	t.Helper()
+	err := c.out.NS.ProbeFrom(src, "tcp", addr, 700*time.Millisecond)
+	if allowed && err != nil {
+		t.Errorf("outside %s -> %s: want allowed, got %v", src, addr, err)
+	}
+	if !allowed && err == nil {
+		t.Errorf("outside %s -> %s: want blocked, but it passed", src, addr)
+	}
+}
+
+const denyAllIngressWeb = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-deny-all
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  policyTypes: [Ingress]
+`
+
+func TestNetworkPolicyPTP(t *testing.T) {
+	c := newCluster(t, node.Options{})
+	runNetworkPolicyCases(t, c)
+}
+
+func runNetworkPolicyCases(t *testing.T, c *cluster) {
+	n, web := c.n, c.web
+	t.Run("no policy: everything flows", func(t *testing.T) {
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.other.NS.ExpectAllowed(t, "tcp", web.Addr(9090))
+		c.devclient.NS.ExpectAllowed(t, "udp", web.Addr(5353))
+		c.expectOutside(t, "192.0.2.10", web.Addr(8080), true)
+		c.client.NS.ExpectAllowed(t, "tcp", "192.0.2.10:80")
+	})
+
+	t.Run("default deny blocks ingress", func(t *testing.T) {
+		n.Apply("10-policy.yaml", denyAllIngressWeb)
+		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		c.devclient.NS.ExpectBlocked(t, "udp", web.Addr(5353))
+		c.expectOutside(t, "192.0.2.10", web.Addr(8080), false)
+		// Egress of web is not selected: web still reaches others.
+		web.NS.ExpectAllowed(t, "tcp", c.client.Addr(7070))
+	})
+
+	t.Run("one label on one port, replies pass", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow-client
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: client
+    ports:
+    - port: 8080
+      protocol: TCP
+`)
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(9090))
+		c.client.NS.ExpectBlocked(t, "udp", web.Addr(5353))
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		// Same labels in another namespace: a podSelector alone stays in
+		// the policy's namespace.
+		c.devclient.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		n.Remove("11-policy.yaml")
+	})
+
+	t.Run("namespace selector and pod selector in one peer", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow-dev-clients
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchExpressions:
+        - {key: team, operator: In, values: [b]}
+      podSelector:
+        matchLabels:
+          app: client
+`)
+		c.devclient.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.devclient.NS.ExpectAllowed(t, "udp", web.Addr(5353))
+		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		n.Remove("11-policy.yaml")
+	})
+
+	t.Run("ipBlock with except from outside hosts", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow-testnet
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - ipBlock:
+        cidr: 192.0.2.0/24
+        except: [192.0.2.128/25]
+    ports:
+    - port: 8080
+`)
+		c.expectOutside(t, "192.0.2.10", web.Addr(8080), true)
+		c.expectOutside(t, "192.0.2.200", web.Addr(8080), false)
+		c.expectOutside(t, "192.0.2.10", web.Addr(9090), false)
+		// ipBlock never selects pods (Cilium's rule).
+		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		n.Remove("11-policy.yaml")
+	})
+
+	t.Run("named port", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow-named
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - podSelector: {}
+    ports:
+    - port: http
+    - port: dns
+      protocol: UDP
+`)
+		c.other.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.other.NS.ExpectAllowed(t, "udp", web.Addr(5353))
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(9090))
+		c.devclient.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		n.Remove("11-policy.yaml")
+	})
+
+	t.Run("egress policy", func(t *testing.T) {
+		n.Remove("10-policy.yaml")
+		n.Apply("12-egress.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: client-egress
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: client
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector:
+        matchLabels:
+          app: web
+    ports:
+    - port: 8080
+`)
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(9090))
+		c.client.NS.ExpectBlocked(t, "tcp", "192.0.2.10:80")
+		c.other.NS.ExpectAllowed(t, "tcp", "192.0.2.10:80")
+		// Ingress to client is not selected: others reach it.
+		c.other.NS.ExpectAllowed(t, "tcp", c.client.Addr(7070))
+	})
+
+	t.Run("policy removal restores traffic", func(t *testing.T) {
+		n.Remove("12-egress.yaml")
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(9090))
+		c.client.NS.ExpectAllowed(t, "tcp", "192.0.2.10:80")
+		c.expectOutside(t, "192.0.2.10", web.Addr(9090), true)
+	})
+
+	t.Run("daemon killed and restarted: connection survives, enforcement never stops", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow-client
+  namespace: prod
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: client
+    ports:
+    - port: 8080
+`)
+		conn, err := c.client.NS.Dial("tcp4", web.Addr(8080), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		exchange(t, conn, "before")
+		n.StopDaemon(syscall.SIGKILL)
+		exchange(t, conn, "daemon-down")
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		n.StartDaemon()
+		exchange(t, conn, "after")
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		n.Remove("11-policy.yaml")
+	})
+
+	t.Run("CHECK passes on a healthy pod", func(t *testing.T) {
+		if err := n.CheckPod(c.client); err != nil {
+			t.Errorf("CHECK: %v", err)
+		}
+	})
+
+	t.Run("pod deletion leaves nothing behind", func(t *testing.T) {
+		p := n.NewPod("prod", "ephemeral", nil)
+		if err := n.DelPod(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.DelPod(p); err != nil {
+			t.Fatalf("second DEL: %v", err)
+		}
+		assertNoTrace(t, n, p)
+	})
+}
+
+func exchange(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	got, err := netns.Exchange(c, msg, 2*time.Second)
+	if err != nil || got != "web:"+msg {
+		t.Fatalf("exchange %q on the open connection: got %q, %v", msg, got, err)
+	}
+}
+
+// assertNoTrace checks that no link pin, endpoint, or ipcache entry of the
+// pod remains.
+func assertNoTrace(t *testing.T, n *node.Node, p *node.Pod) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(n.BPFRoot, "links", bpf.AttachmentName(p.ContainerID, "eth0"))); !os.IsNotExist(err) {
+		t.Errorf("attachment pin of %s left behind (%v)", p.Name, err)
+	}
+	eps, err := n.Client().Endpoints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if ep.ContainerID == p.ContainerID {
+			t.Errorf("endpoint %s left behind", p.ContainerID)
+		}
+	}
+	m, err := bpf.OpenMaps(bpf.Paths{Root: n.BPFRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ipc, err := m.ListIPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pfx := range ipc {
+		if pfx.Addr() == p.IP && pfx.Bits() == 32 {
+			t.Errorf("ipcache entry %s of deleted pod left behind", pfx)
+		}
+	}
+	mapEps, err := m.ListEndpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mapEps) != len(eps) {
+		t.Errorf("endpoints map has %d entries, registry %d", len(mapEps), len(eps))
+	}
+}

@@ -1,0 +1,309 @@
+// Package node builds an Aegis node out of network namespaces for the e2e
+// tests: a node namespace running the real aegisd, pods created through a
+// real conflist chain executed by libcni, and outside hosts on TEST-NET
+// addresses. Everything is removed by t.Cleanup; nothing routes off the
+// machine.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/e2e/netns"
+)
+
+// PodCIDR is the node's pod range in the e2e tests.
+const PodCIDR = "10.244.1.0/24"
+
+// Binaries locates the built binaries and the reference CNI plugins.
+type Binaries struct {
+	Aegis      string // directory with aegis-cni, aegis-ipam, aegisd, aegis
+	CNIPlugins string // directory with ptp, host-local
+}
+
+// FindBinaries uses AEGIS_BIN and AEGIS_CNI_PLUGINS (the Makefile sets
+// both) and skips the test loudly when they are missing.
+func FindBinaries(t testing.TB) Binaries {
+	t.Helper()
+	b := Binaries{Aegis: os.Getenv("AEGIS_BIN"), CNIPlugins: os.Getenv("AEGIS_CNI_PLUGINS")}
+	if b.Aegis == "" {
+		b.Aegis = filepath.Join(moduleRoot(t), "bin")
+	}
+	if b.CNIPlugins == "" {
+		b.CNIPlugins = "/var/cache/aegis/cni-plugins-v1.9.1"
+	}
+	for _, f := range []string{filepath.Join(b.Aegis, "aegisd"), filepath.Join(b.Aegis, "aegis-cni"), filepath.Join(b.Aegis, "aegis-ipam"), filepath.Join(b.CNIPlugins, "ptp")} {
+		if _, err := os.Stat(f); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s missing: run `make build peers` first", f)
+			}
+			t.Skipf("SKIPPED: %s missing: run `make build peers` (or `make test`) first", f)
+		}
+	}
+	return b
+}
+
+func moduleRoot(t testing.TB) string {
+	dir, _ := os.Getwd()
+	for i := 0; i < 10; i++ {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		dir = filepath.Dir(dir)
+	}
+	t.Fatal("cannot find the module root")
+	return ""
+}
+
+// Node is one namespace node.
+type Node struct {
+	t         testing.TB
+	Bin       Binaries
+	NS        *netns.NS
+	Dir       string // scratch: state, manifests, logs, CNI cache
+	BPFRoot   string
+	StateDir  string
+	Socket    string
+	Manifests string
+	CNILog    string
+	DaemonLog string
+	ConfList  *libcni.NetworkConfigList
+	cni       *libcni.CNIConfig
+
+	mu     sync.Mutex
+	daemon *exec.Cmd
+	logF   *os.File
+	waitc  chan error
+}
+
+// Options shape a node.
+type Options struct {
+	// ConfList is the conflist JSON; %[1]s is replaced by the aegis-cni
+	// entry. Empty: ptp with aegis-ipam, then aegis-cni.
+	ConfList string
+	// ExtraPluginDirs are searched for plugins too (azure-vnet).
+	ExtraPluginDirs []string
+}
+
+// New creates the node namespace, a private bpffs, and the scratch
+// directories. The daemon is not started.
+func New(t testing.TB, opts Options) *Node {
+	t.Helper()
+	netns.RequireRoot(t)
+	n := &Node{t: t, Bin: FindBinaries(t)}
+	n.Dir = t.TempDir()
+	n.BPFRoot = netns.BPFRoot(t)
+	n.StateDir = filepath.Join(n.Dir, "state")
+	n.Socket = filepath.Join(n.Dir, "run", "aegisd.sock")
+	n.Manifests = filepath.Join(n.Dir, "manifests")
+	n.CNILog = filepath.Join(n.Dir, "cni.log")
+	n.DaemonLog = filepath.Join(n.Dir, "aegisd.log")
+	if err := os.MkdirAll(n.Manifests, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.NS = netns.New(t, "node")
+	n.NS.MustExec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+	entry := fmt.Sprintf(`{"type": "aegis-cni", "socket": %q, "bpfRoot": %q, "logFile": %q, "timeoutSeconds": 20}`, n.Socket, n.BPFRoot, n.CNILog)
+	conf := opts.ConfList
+	if conf == "" {
+		conf = fmt.Sprintf(`{
+  "cniVersion": "1.1.0",
+  "name": "aegis-e2e",
+  "plugins": [
+    {"type": "ptp", "mtu": 1500, "ipMasq": false,
+     "ipam": {"type": "aegis-ipam", "podCIDR": %q, "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}},
+    %%[1]s
+  ]
+}`, PodCIDR, filepath.Join(n.Dir, "ipam"))
+	}
+	cl, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(conf, entry)))
+	if err != nil {
+		t.Fatalf("parse conflist: %v", err)
+	}
+	n.ConfList = cl
+	dirs := append([]string{n.Bin.Aegis, n.Bin.CNIPlugins}, opts.ExtraPluginDirs...)
+	n.cni = libcni.NewCNIConfigWithCacheDir(dirs, filepath.Join(n.Dir, "cnicache"), nil)
+	t.Cleanup(func() {
+		n.StopDaemon(syscall.SIGTERM)
+		if t.Failed() {
+			n.dumpLogs()
+		}
+	})
+	return n
+}
+
+func (n *Node) dumpLogs() {
+	for _, f := range []string{n.DaemonLog, n.CNILog} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if len(lines) > 60 {
+			lines = lines[len(lines)-60:]
+		}
+		n.t.Logf("--- last lines of %s:\n%s", filepath.Base(f), strings.Join(lines, "\n"))
+	}
+}
+
+// StartDaemon starts aegisd inside the node namespace and waits until it
+// is ready.
+func (n *Node) StartDaemon(extraArgs ...string) {
+	n.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.daemon != nil {
+		n.t.Fatal("daemon already running")
+	}
+	logF, err := os.OpenFile(n.DaemonLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	args := append([]string{"--net=" + n.NS.Path, filepath.Join(n.Bin.Aegis, "aegisd"),
+		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
+		"--manifests", n.Manifests, "--node-name", "e2e-node", "--log-level", "debug"}, extraArgs...)
+	cmd := exec.Command("nsenter", args...)
+	cmd.Stdout, cmd.Stderr = logF, logF
+	if err := cmd.Start(); err != nil {
+		logF.Close()
+		n.t.Fatalf("start aegisd: %v", err)
+	}
+	n.daemon, n.logF, n.waitc = cmd, logF, make(chan error, 1)
+	go func(c chan error) { c <- cmd.Wait() }(n.waitc)
+	n.waitReady()
+}
+
+func (n *Node) waitReady() {
+	n.t.Helper()
+	c := api.NewClient(n.Socket, time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-n.waitc:
+			n.dumpLogs()
+			n.t.Fatalf("aegisd exited during start: %v", err)
+		default:
+		}
+		st, err := c.Status(context.Background())
+		if err == nil && st.Ready {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n.dumpLogs()
+	n.t.Fatal("aegisd not ready after 20s")
+}
+
+// StopDaemon stops aegisd with sig (SIGKILL for a crash) and waits for it.
+func (n *Node) StopDaemon(sig syscall.Signal) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.daemon == nil {
+		return
+	}
+	_ = n.daemon.Process.Signal(sig)
+	select {
+	case <-n.waitc:
+	case <-time.After(10 * time.Second):
+		_ = n.daemon.Process.Kill()
+		<-n.waitc
+	}
+	n.logF.Close()
+	n.daemon = nil
+}
+
+// Client talks to the node's daemon.
+func (n *Node) Client() *api.Client { return api.NewClient(n.Socket, 10*time.Second) }
+
+// CLI runs the aegis CLI against this node and returns its stdout.
+func (n *Node) CLI(args ...string) (string, error) {
+	full := append([]string{"--socket", n.Socket, "--bpf-root", n.BPFRoot}, args...)
+	out, err := exec.Command(filepath.Join(n.Bin.Aegis, "aegis"), full...).CombinedOutput()
+	return string(out), err
+}
+
+// Apply writes a manifest file and waits until the daemon applied it.
+func (n *Node) Apply(file, yaml string) {
+	n.t.Helper()
+	n.changeManifests(func() error {
+		return os.WriteFile(filepath.Join(n.Manifests, file), []byte(yaml), 0o644)
+	})
+}
+
+// Remove deletes a manifest file and waits until the daemon applied that.
+func (n *Node) Remove(file string) {
+	n.t.Helper()
+	n.changeManifests(func() error { return os.Remove(filepath.Join(n.Manifests, file)) })
+}
+
+// changeManifests makes a change and waits for the daemon to take in a new
+// generation and regenerate after it.
+func (n *Node) changeManifests(change func() error) {
+	n.t.Helper()
+	n.mu.Lock()
+	running := n.daemon != nil
+	n.mu.Unlock()
+	if !running {
+		// The daemon reads the directory when it starts.
+		if err := change(); err != nil {
+			n.t.Fatal(err)
+		}
+		return
+	}
+	c := n.Client()
+	before, err := c.Status(context.Background())
+	if err != nil {
+		n.t.Fatalf("status: %v", err)
+	}
+	if err := change(); err != nil {
+		n.t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := c.Status(context.Background())
+		if err == nil && st.Source.Generation > before.Source.Generation && st.Source.Applied >= st.Source.Generation {
+			if st.LastRegen.Error != "" {
+				n.t.Fatalf("regeneration failed: %s", st.LastRegen.Error)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, _ := c.Status(context.Background())
+	n.t.Fatalf("manifest change not applied within 15s (status %+v)", st)
+}
+
+// Status returns the daemon's status.
+func (n *Node) Status() *api.Status {
+	n.t.Helper()
+	st, err := n.Client().Status(context.Background())
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return st
+}
+
+// errNoIP says a pod came up without an address.
+var errNoIP = errors.New("pod has no IPv4 address in the CNI result")
+
+// decodeJSON is a small helper for CLI -o json output.
+func decodeJSON(t testing.TB, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %q: %v", s, err)
+	}
+}
