@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/e2e/netns"
 	"github.com/aegis-cni/aegis/e2e/node"
 )
@@ -124,8 +125,9 @@ func assertConsistent(t *testing.T, n *node.Node, pods []*node.Pod) {
 		t.Fatal(err)
 	}
 	podIPs := 0
-	for pfx := range ipc {
-		if pfx.Bits() == 32 && strings.HasPrefix(pfx.Addr().String(), "10.244.1.") {
+	for pfx, id := range ipc {
+		// The pods' gateway (ptp puts it on every host veth) is the host.
+		if id != policy.IdentityHost && pfx.Bits() == 32 && strings.HasPrefix(pfx.Addr().String(), "10.244.1.") {
 			podIPs++
 		}
 	}
@@ -186,7 +188,7 @@ func TestPluginBadInput(t *testing.T) {
 		code  int
 		msg   string
 	}{
-		{"malformed config", env(), `{"cniVersion": "1.1.0", "name": `, 6, "parse network configuration"},
+		{"malformed config", env(), `{"cniVersion": "1.1.0", "name": `, 6, "network config"},
 		{"missing prevResult", env(), fmt.Sprintf(`{"cniVersion":"1.1.0","name":"x","type":"aegis-cni","socket":%q}`, n.Socket), 6, "must be called as a chained plugin"},
 		{"unknown cniVersion", env(), `{"cniVersion":"9.9.9","name":"x","type":"aegis-cni"}`, 1, "9.9.9"},
 		{"prevResult with no veth", env(), good, 7, "veth"},

@@ -50,6 +50,11 @@ type Agent struct {
 	jar     *policy.CookieJar
 	started time.Time
 
+	// epMu serialises changes of an endpoint's registry record and map
+	// entry, so a regeneration never resurrects an endpoint a concurrent
+	// DEL removed.
+	epMu sync.Mutex
+
 	// mu guards the desired state and the last results below.
 	mu         sync.Mutex
 	snap       *manifests.Snapshot
@@ -129,10 +134,13 @@ func (a *Agent) ApplySnapshot(ctx context.Context, snap *manifests.Snapshot, rej
 	return a.regen.wait(ctx)
 }
 
+// ready says whether the datapath state has been built from the source at
+// least once since start: before that, ADD must wait (the maps still
+// enforce what the previous daemon wrote).
 func (a *Agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.snap != nil
+	return a.compiled != nil
 }
 
 // gcLoop removes expired conntrack entries.

@@ -34,17 +34,7 @@ func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (*api.
 		PodNamespace: req.PodNamespace,
 		PodName:      req.PodName,
 	}
-	if old, ok := a.eps.Get(ep.Key()); ok {
-		ep.Identity = old.Identity
-		if old.HostIfindex != ep.HostIfindex {
-			// The sandbox got a new veth: the old ifindex must not keep
-			// the endpoint's identity.
-			if err := a.dp.DeleteEndpoint(uint32(old.HostIfindex)); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if err := a.eps.Put(ep); err != nil {
+	if err := a.putEndpoint(ep); err != nil {
 		return nil, err
 	}
 	if err := a.regen.wait(ctx); err != nil {
@@ -65,14 +55,8 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, containerID, ifName string) 
 		return fmt.Errorf("%w: containerID is empty", api.ErrBadRequest)
 	}
 	key := containerID + "/" + ifName
-	ep, ok := a.eps.Get(key)
-	if !ok {
-		return nil
-	}
-	if err := a.dp.DeleteEndpoint(uint32(ep.HostIfindex)); err != nil {
-		return err
-	}
-	if _, err := a.eps.Delete(key); err != nil {
+	ep, ok, err := a.removeEndpoint(key)
+	if err != nil || !ok {
 		return err
 	}
 	a.log.Info("endpoint deleted", "endpoint", key, "pod", ep.PodNamespace+"/"+ep.PodName)
@@ -89,20 +73,26 @@ func (a *Agent) GC(ctx context.Context, req api.GCRequest) (*api.GCResponse, err
 		valid[v.ContainerID+"/"+v.IfName] = true
 	}
 	resp := &api.GCResponse{Removed: []api.Attachment{}}
+	defer func() {
+		if len(resp.Removed) > 0 && a.ready() {
+			if err := a.regen.wait(ctx); err != nil {
+				a.log.Error("regenerate after gc", "err", err)
+			}
+		}
+	}()
 	for _, ep := range a.eps.List() {
 		if valid[ep.Key()] {
 			continue
 		}
-		if err := a.dp.DeleteEndpoint(uint32(ep.HostIfindex)); err != nil {
-			return resp, err
-		}
-		if _, err := a.eps.Delete(ep.Key()); err != nil {
+		if _, _, err := a.removeEndpoint(ep.Key()); err != nil {
 			return resp, err
 		}
 		resp.Removed = append(resp.Removed, api.Attachment{ContainerID: ep.ContainerID, IfName: ep.IfName})
 	}
 	// Entries for ifindexes no endpoint owns (left by a crash between
 	// steps) go too.
+	a.epMu.Lock()
+	defer a.epMu.Unlock()
 	if m, err := a.dp.ListEndpoints(); err == nil {
 		owned := map[uint32]bool{}
 		for _, ep := range a.eps.List() {
@@ -114,10 +104,39 @@ func (a *Agent) GC(ctx context.Context, req api.GCRequest) (*api.GCResponse, err
 			}
 		}
 	}
-	if len(resp.Removed) > 0 && a.ready() {
-		if err := a.regen.wait(ctx); err != nil {
-			return resp, err
+	return resp, nil
+}
+
+// putEndpoint stores a registration. A re-registration on a new veth (the
+// sandbox was re-created) first takes the old ifindex out of the map, so
+// it cannot keep the endpoint's identity.
+func (a *Agent) putEndpoint(ep *endpoint.Endpoint) error {
+	a.epMu.Lock()
+	defer a.epMu.Unlock()
+	if old, ok := a.eps.Get(ep.Key()); ok {
+		ep.Identity = old.Identity
+		if old.HostIfindex != ep.HostIfindex {
+			if err := a.dp.DeleteEndpoint(uint32(old.HostIfindex)); err != nil {
+				return err
+			}
 		}
 	}
-	return resp, nil
+	return a.eps.Put(ep)
+}
+
+// removeEndpoint takes an endpoint out of the map, then the registry.
+func (a *Agent) removeEndpoint(key string) (endpoint.Endpoint, bool, error) {
+	a.epMu.Lock()
+	defer a.epMu.Unlock()
+	ep, ok := a.eps.Get(key)
+	if !ok {
+		return ep, false, nil
+	}
+	if err := a.dp.DeleteEndpoint(uint32(ep.HostIfindex)); err != nil {
+		return ep, false, err
+	}
+	if _, err := a.eps.Delete(key); err != nil {
+		return ep, false, err
+	}
+	return ep, true, nil
 }

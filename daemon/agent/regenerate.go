@@ -112,15 +112,21 @@ func (a *Agent) regenerate() (err error) {
 		return err
 	}
 	moveEndpoints := func() error {
+		a.epMu.Lock()
+		defer a.epMu.Unlock()
 		for i, ep := range d.endpoints {
-			if ep.Identity == epIdentity[i] && a.endpointInMap(ep) {
+			cur, ok := a.eps.Get(ep.Key())
+			if !ok || cur.HostIfindex != ep.HostIfindex {
+				continue // deleted or re-added since derive: its own request regenerates
+			}
+			if cur.Identity == epIdentity[i] && a.endpointInMap(cur) {
 				continue
 			}
-			if err := a.dp.SetEndpoint(uint32(ep.HostIfindex), bpf.EndpointInfo{Identity: epIdentity[i], EndpointID: ep.ID}); err != nil {
+			if err := a.dp.SetEndpoint(uint32(cur.HostIfindex), bpf.EndpointInfo{Identity: epIdentity[i], EndpointID: cur.ID}); err != nil {
 				return err
 			}
-			ep.Identity = epIdentity[i]
-			if err := a.eps.Put(&ep); err != nil {
+			cur.Identity = epIdentity[i]
+			if err := a.eps.Put(&cur); err != nil {
 				return err
 			}
 		}
