@@ -104,7 +104,11 @@ func TestAttachEnforceDetach(t *testing.T) {
 
 	// Once the node's address has an identity, the world rule no longer
 	// covers it.
-	if _, err := tn.dp.SyncIPCache(map[netip.Prefix]uint32{netip.MustParsePrefix("10.9.0.1/32"): 400}); err != nil {
+	ipc, err := bpf.NewIPCacheWriter(tn.dp.Maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipc.Sync(map[netip.Prefix]uint32{netip.MustParsePrefix("10.9.0.1/32"): 400}); err != nil {
 		t.Fatal(err)
 	}
 	tn.pod.ExpectBlocked(t, "tcp", "10.9.0.1:9090")

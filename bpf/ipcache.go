@@ -50,41 +50,101 @@ func (m *Maps) ListIPCache() (map[netip.Prefix]uint32, error) {
 	return out, nil
 }
 
-// SyncIPCache makes the ipcache equal to want: new and changed prefixes are
-// written before stale ones are removed, so an address never falls back to
-// world while it moves from one identity to another.
-func (m *Maps) SyncIPCache(want map[netip.Prefix]uint32) (SyncStats, error) {
+// IPCacheWriter keeps the ipcache equal to a desired content, writing
+// only differences; it keeps a shadow of the map so a sync does not read
+// the whole map back.
+type IPCacheWriter struct {
+	maps *Maps
+	have map[netip.Prefix]uint32
+}
+
+// NewIPCacheWriter starts from what the pinned map holds now.
+func NewIPCacheWriter(m *Maps) (*IPCacheWriter, error) {
 	have, err := m.ListIPCache()
 	if err != nil {
-		return SyncStats{}, err
+		return nil, err
 	}
+	return &IPCacheWriter{maps: m, have: have}, nil
+}
+
+// Sync makes the ipcache equal to want: new and changed prefixes are
+// written before stale ones are removed, so an address never falls back to
+// world while it moves from one identity to another.
+func (w *IPCacheWriter) Sync(want map[netip.Prefix]uint32) (SyncStats, error) {
 	var st SyncStats
 	var keys []datapathIpcacheKey
 	var vals []datapathIpcacheEntry
+	var changed []netip.Prefix
 	for p, id := range want {
-		if cur, ok := have[p.Masked()]; ok && cur == id {
+		p = p.Masked()
+		if cur, ok := w.have[p]; ok && cur == id {
 			continue
 		}
 		keys = append(keys, ipcacheKey(p))
 		vals = append(vals, datapathIpcacheEntry{Identity: id})
+		changed = append(changed, p)
 	}
-	n, err := putAll(m.IPCache, keys, vals)
+	n, err := putAll(w.maps.IPCache, keys, vals)
 	st.Updated += n
 	if err != nil {
+		w.resync()
 		return st, fmt.Errorf("update ipcache: %w", err)
 	}
+	for _, p := range changed {
+		w.have[p] = want[p]
+	}
 	var stale []datapathIpcacheKey
-	for p := range have {
+	var gone []netip.Prefix
+	for p := range w.have {
 		if _, ok := want[p]; !ok {
 			stale = append(stale, ipcacheKey(p))
+			gone = append(gone, p)
 		}
 	}
-	n, err = deleteAll(m.IPCache, stale)
+	n, err = deleteAll(w.maps.IPCache, stale)
 	st.Deleted += n
 	if err != nil {
+		w.resync()
 		return st, fmt.Errorf("delete from ipcache: %w", err)
 	}
+	for _, p := range gone {
+		delete(w.have, p)
+	}
 	return st, nil
+}
+
+// Put writes one prefix.
+func (w *IPCacheWriter) Put(p netip.Prefix, id uint32) error {
+	p = p.Masked()
+	if cur, ok := w.have[p]; ok && cur == id {
+		return nil
+	}
+	k, v := ipcacheKey(p), datapathIpcacheEntry{Identity: id}
+	if err := w.maps.IPCache.Put(&k, &v); err != nil {
+		return fmt.Errorf("update ipcache %s: %w", p, err)
+	}
+	w.have[p] = id
+	return nil
+}
+
+// Remove deletes one prefix; a missing one is success.
+func (w *IPCacheWriter) Remove(p netip.Prefix) error {
+	p = p.Masked()
+	k := ipcacheKey(p)
+	if err := w.maps.IPCache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete ipcache %s: %w", p, err)
+	}
+	delete(w.have, p)
+	return nil
+}
+
+// Len is how many prefixes the ipcache holds.
+func (w *IPCacheWriter) Len() int { return len(w.have) }
+
+func (w *IPCacheWriter) resync() {
+	if have, err := w.maps.ListIPCache(); err == nil {
+		w.have = have
+	}
 }
 
 // SyncStats counts what a sync wrote.

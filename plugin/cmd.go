@@ -45,7 +45,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer closeLog()
 	log = log.With("cmd", "ADD", "container", args.ContainerID, "ifname", args.IfName)
 
+	start := time.Now()
 	link, err := findPodLink(args.Netns, args.IfName, prev)
+	tFound := time.Now()
 	if err != nil {
 		log.Error("find pod link", "err", err)
 		return types.NewError(types.ErrInvalidNetworkConfig, "cannot find the pod's host-side veth", err.Error())
@@ -67,6 +69,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		log.Error("register endpoint", "err", err)
 		return daemonError(err, "ADD")
 	}
+	tRegistered := time.Now()
 	paths := bpf.Paths{Root: conf.BPFRoot}
 	if err := bpf.Attach(paths, bpf.Attachment{ContainerID: args.ContainerID, IfName: args.IfName, HostIfindex: link.hostIfindex}); err != nil {
 		log.Error("attach programs", "err", err)
@@ -76,7 +79,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 		return fmt.Errorf("attach programs to %s: %w", link.hostIfName, err)
 	}
-	log.Info("attached", "host", link.hostIfName, "ifindex", link.hostIfindex, "identity", resp.Identity, "endpoint", resp.ID)
+	log.Info("attached", "host", link.hostIfName, "ifindex", link.hostIfindex, "identity", resp.Identity, "endpoint", resp.ID,
+		"find", tFound.Sub(start), "register", tRegistered.Sub(tFound), "attach", time.Since(tRegistered))
 	return printPrevResult(conf)
 }
 

@@ -45,10 +45,16 @@ type Agent struct {
 	paths   bpf.Paths
 	dp      *bpf.Datapath
 	writer  *bpf.PolicyWriter
+	ipcache *bpf.IPCacheWriter
 	ids     *identity.Allocator
 	eps     *endpoint.Registry
 	jar     *policy.CookieJar
 	started time.Time
+
+	// stateMu serialises regenerations and the endpoint fast paths: both
+	// write the maps and the view.
+	stateMu sync.Mutex
+	view    view
 
 	// epMu serialises changes of an endpoint's registry record and map
 	// entry, so a regeneration never resurrects an endpoint a concurrent
@@ -56,14 +62,14 @@ type Agent struct {
 	epMu sync.Mutex
 
 	// mu guards the desired state and the last results below.
-	mu         sync.Mutex
-	snap       *manifests.Snapshot
-	rejected   []manifests.FileError
-	source     api.SourceStatus
-	compiled   *policy.Result
-	identities []policy.Identity
-	ipcache    map[netip.Prefix]uint32
-	lastRegen  api.RegenStatus
+	mu          sync.Mutex
+	snap        *manifests.Snapshot
+	rejected    []manifests.FileError
+	source      api.SourceStatus
+	compiled    *policy.Result
+	identities  []policy.Identity
+	ipcacheSize int
+	lastRegen   api.RegenStatus
 
 	regen regenQueue
 }
@@ -88,6 +94,10 @@ func New(cfg Config) (*Agent, error) {
 		a.log.Warn("clean half-built attachments", "err", err)
 	}
 	if a.writer, err = bpf.NewPolicyWriter(dp.Maps); err != nil {
+		dp.Close()
+		return nil, err
+	}
+	if a.ipcache, err = bpf.NewIPCacheWriter(dp.Maps); err != nil {
 		dp.Close()
 		return nil, err
 	}

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/endpoint"
@@ -34,11 +36,17 @@ func (a *Agent) AddEndpoint(ctx context.Context, req api.EndpointRequest) (*api.
 		PodNamespace: req.PodNamespace,
 		PodName:      req.PodName,
 	}
-	if err := a.putEndpoint(ep); err != nil {
-		return nil, err
-	}
-	if err := a.regen.wait(ctx); err != nil {
+	fast, err := a.fastAdd(ep)
+	if err != nil {
 		return nil, fmt.Errorf("apply endpoint %s: %w", ep.Key(), err)
+	}
+	if !fast {
+		if err := a.putEndpoint(ep); err != nil {
+			return nil, err
+		}
+		if err := a.regen.wait(ctx); err != nil {
+			return nil, fmt.Errorf("apply endpoint %s: %w", ep.Key(), err)
+		}
 	}
 	got, ok := a.eps.Get(ep.Key())
 	if !ok {
@@ -55,6 +63,12 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, containerID, ifName string) 
 		return fmt.Errorf("%w: containerID is empty", api.ErrBadRequest)
 	}
 	key := containerID + "/" + ifName
+	if fast, err := a.fastDel(key); err != nil || fast {
+		if fast {
+			a.log.Info("endpoint deleted", "endpoint", key)
+		}
+		return err
+	}
 	ep, ok, err := a.removeEndpoint(key)
 	if err != nil || !ok {
 		return err
@@ -139,4 +153,91 @@ func (a *Agent) removeEndpoint(key string) (endpoint.Endpoint, bool, error) {
 		return ep, false, err
 	}
 	return ep, true, nil
+}
+
+// fastAdd applies an endpoint whose label set already has a compiled local
+// identity: only its ipcache entries and its endpoint map entry are new,
+// because the identity set, the local identities and (checked here) the
+// named ports stay as compiled, so a full regeneration would write exactly
+// this. It reports false when a full regeneration is needed.
+func (a *Agent) fastAdd(ep *endpoint.Endpoint) (bool, error) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	v := &a.view
+	a.mu.Lock()
+	gen := a.snap.Generation
+	a.mu.Unlock()
+	if v.compiled == nil || v.pods == nil || v.pods.gen != gen {
+		return false, nil
+	}
+	if _, exists := a.eps.Get(ep.Key()); exists {
+		return false, nil
+	}
+	id, ok := v.byKey[v.pods.labels(ep.PodNamespace, ep.PodName).Key()]
+	if !ok || v.users[id] == 0 {
+		return false, nil
+	}
+	for _, np := range v.pods.namedPorts(ep.PodNamespace, ep.PodName) {
+		if !slices.Contains(v.named[id], np) {
+			return false, nil
+		}
+	}
+	for _, ip := range ep.IPs {
+		p := netip.PrefixFrom(ip, ip.BitLen())
+		if err := a.ipcache.Put(p, id); err != nil {
+			return false, err
+		}
+		v.ipcache[p] = id
+	}
+	ep.Identity = id
+	if err := a.putEndpoint(ep); err != nil {
+		return false, err
+	}
+	if err := a.setEndpointIdentity(*ep, id); err != nil {
+		return false, err
+	}
+	v.users[id]++
+	a.mu.Lock()
+	a.ipcacheSize = a.ipcache.Len()
+	a.mu.Unlock()
+	return true, nil
+}
+
+// fastDel removes an endpoint whose identity other local endpoints still
+// use: only its endpoint map entry and its addresses go (an address some
+// remote pod or the node also owns falls back to that owner). It reports
+// false when a full regeneration is needed.
+func (a *Agent) fastDel(key string) (bool, error) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	v := &a.view
+	ep, ok := a.eps.Get(key)
+	if !ok {
+		return true, nil
+	}
+	if v.compiled == nil || v.users[ep.Identity] <= 1 {
+		return false, nil
+	}
+	if _, _, err := a.removeEndpoint(key); err != nil {
+		return false, err
+	}
+	for _, ip := range ep.IPs {
+		p := netip.PrefixFrom(ip, ip.BitLen())
+		var err error
+		if owner, ok := v.background[ip]; ok {
+			err = a.ipcache.Put(p, owner)
+			v.ipcache[p] = owner
+		} else {
+			err = a.ipcache.Remove(p)
+			delete(v.ipcache, p)
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	v.users[ep.Identity]--
+	a.mu.Lock()
+	a.ipcacheSize = a.ipcache.Len()
+	a.mu.Unlock()
+	return true, nil
 }

@@ -1,39 +1,43 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/endpoint"
 	"github.com/aegis-cni/aegis/daemon/identity"
-	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
-// desired is everything one regeneration derives from the source and the
-// endpoints before it touches a map.
-type desired struct {
-	labels     []identity.Labels
-	endpoints  []endpoint.Endpoint
-	epLabels   []identity.Labels // per endpoint, same order
-	remote     []remotePod
-	namedPorts map[string][]policy.NamedPort // by label key
-}
-
-type remotePod struct {
-	labels identity.Labels
-	ips    []netip.Addr
+// view is what the last successful regeneration built, kept so endpoint
+// fast paths can act without rebuilding it.
+type view struct {
+	pods       *podIndex
+	compiled   *policy.Result
+	fp         [32]byte
+	identities []policy.Identity
+	byKey      map[string]uint32             // label key or CIDR key to identity
+	named      map[uint32][]policy.NamedPort // union per identity
+	ipcache    map[netip.Prefix]uint32       // what the ipcache holds
+	background map[netip.Addr]uint32         // non-endpoint owners of addresses (remote pods, node)
+	users      map[uint32]int                // local endpoints per identity
+	entries    map[policy.Key]policy.Entry
+	enforce    map[uint32]bpf.Enforcement
 }
 
 // regenerate recomputes identities, ipcache and policy and writes their
 // difference into the maps. On any error nothing further is written and
 // the maps keep their last good state.
 func (a *Agent) regenerate() (err error) {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
 	start := time.Now()
 	defer func() {
 		st := RegenStatusFrom(start, err)
@@ -51,50 +55,146 @@ func (a *Agent) regenerate() (err error) {
 	if snap == nil {
 		return errNotReady("waiting for the first snapshot of the policy source")
 	}
-	d := a.derive(snap)
+	prev := a.view
+	pods := prev.pods
+	if pods == nil || pods.gen != snap.Generation {
+		pods = newPodIndex(snap)
+	}
 
-	cidrs := policy.CIDRs(snap.NetworkPolicies)
-	keys, err := a.ids.Sync(d.labels, cidrs)
+	// Label sets of local endpoints first, then of remote pods.
+	eps := a.eps.List()
+	var labels []identity.Labels
+	epKeys := make([]string, len(eps))
+	namedByKey := map[string][]policy.NamedPort{}
+	localPods := map[string]bool{}
+	for i, ep := range eps {
+		l := pods.labels(ep.PodNamespace, ep.PodName)
+		labels = append(labels, l)
+		epKeys[i] = l.Key()
+		namedByKey[epKeys[i]] = append(namedByKey[epKeys[i]], pods.namedPorts(ep.PodNamespace, ep.PodName)...)
+		localPods[ep.PodNamespace+"/"+ep.PodName] = true
+	}
+	type remote struct {
+		key string
+		ips []netip.Addr
+	}
+	var remotes []remote
+	for _, p := range pods.remote {
+		if localPods[p.Namespace+"/"+p.Name] {
+			continue
+		}
+		l := pods.labels(p.Namespace, p.Name)
+		labels = append(labels, l)
+		remotes = append(remotes, remote{key: l.Key(), ips: podIPs(p)})
+		namedByKey[l.Key()] = append(namedByKey[l.Key()], pods.namedPorts(p.Namespace, p.Name)...)
+	}
+
+	byKey, all, err := a.ids.Sync(labels, pods.cidrs)
 	if err != nil {
 		return err
 	}
-	all := a.ids.All()
 
-	ipc := map[netip.Prefix]uint32{}
-	for _, p := range cidrs {
-		ipc[p] = keys[identity.CIDRKey(p)]
+	ipc := make(map[netip.Prefix]uint32, len(pods.cidrs)+len(eps)+len(remotes))
+	background := map[netip.Addr]uint32{}
+	for _, p := range pods.cidrs {
+		ipc[p] = byKey[identity.CIDRKey(p)]
 	}
-	for _, rp := range d.remote {
-		for _, ip := range rp.ips {
-			ipc[netip.PrefixFrom(ip, ip.BitLen())] = keys[rp.labels.Key()]
+	for _, r := range remotes {
+		for _, ip := range r.ips {
+			ipc[netip.PrefixFrom(ip, ip.BitLen())] = byKey[r.key]
+			background[ip] = byKey[r.key]
 		}
 	}
 	for _, ip := range a.nodeIPs() {
 		ipc[netip.PrefixFrom(ip, ip.BitLen())] = policy.IdentityHost
+		background[ip] = policy.IdentityHost
 	}
-	localSet := map[uint32]bool{}
-	epIdentity := make([]uint32, len(d.endpoints))
-	for i, ep := range d.endpoints {
-		id := keys[d.epLabels[i].Key()]
+	users := map[uint32]int{}
+	epIdentity := make([]uint32, len(eps))
+	for i, ep := range eps {
+		id := byKey[epKeys[i]]
 		epIdentity[i] = id
-		localSet[id] = true
+		users[id]++
 		for _, ip := range ep.IPs {
 			ipc[netip.PrefixFrom(ip, ip.BitLen())] = id
 		}
 	}
-	var local []uint32
-	for id := range localSet {
-		local = append(local, id)
-	}
+	local := slices.Sorted(maps.Keys(users))
 	named := map[uint32][]policy.NamedPort{}
-	for k, ports := range d.namedPorts {
-		named[keys[k]] = append(named[keys[k]], ports...)
+	for k, ports := range namedByKey {
+		if len(ports) > 0 {
+			named[byKey[k]] = append(named[byKey[k]], ports...)
+		}
 	}
 
-	res, err := policy.Compile(policy.Input{Identities: all, Local: local, NamedPorts: named, NetworkPolicies: snap.NetworkPolicies}, a.jar)
-	if err != nil {
-		return fmt.Errorf("compile policy: %w", err)
+	// Compiling is the expensive step; its inputs are the policies, the
+	// identities (numbers are never reused, so the set of numbers stands
+	// for their labels), the local ones and the named ports.
+	tCompile := time.Now()
+	fp := compileFingerprint(snap.Generation, all, local, named)
+	res, entries, enforce := prev.compiled, prev.entries, prev.enforce
+	if res == nil || fp != prev.fp {
+		res, err = policy.Compile(policy.Input{Identities: all, Local: local, NamedPorts: named, NetworkPolicies: snap.NetworkPolicies}, a.jar)
+		if err != nil {
+			return fmt.Errorf("compile policy: %w", err)
+		}
+		entries, enforce = flatten(res)
 	}
+
+	// Addresses first: a new pod's IP must carry its identity before any
+	// entry names it.
+	tIPCache := time.Now()
+	if _, err := a.ipcache.Sync(ipc); err != nil {
+		return err
+	}
+	moveEndpoints := func() error {
+		for i, ep := range eps {
+			if err := a.setEndpointIdentity(ep, epIdentity[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tApply := time.Now()
+	st, err := a.writer.Apply(entries, enforce, moveEndpoints)
+	if err != nil {
+		return err
+	}
+	a.log.Debug("regenerated", "compiled", res != prev.compiled, "entries", len(entries), "written", st.Updated, "deleted", st.Deleted,
+		"derive", tCompile.Sub(start), "compile", tIPCache.Sub(tCompile), "ipcache", tApply.Sub(tIPCache), "apply", time.Since(tApply))
+
+	a.view = view{pods: pods, compiled: res, fp: fp, identities: all, byKey: byKey, named: named, ipcache: ipc,
+		background: background, users: users, entries: entries, enforce: enforce}
+	a.mu.Lock()
+	a.source.Applied = snap.Generation
+	a.compiled = res
+	a.identities = all
+	a.ipcacheSize = len(ipc)
+	a.mu.Unlock()
+	return nil
+}
+
+// setEndpointIdentity points an endpoint's map entry at id, unless the
+// endpoint was deleted or re-added since the caller listed it (its own
+// request regenerates then).
+func (a *Agent) setEndpointIdentity(ep endpoint.Endpoint, id uint32) error {
+	a.epMu.Lock()
+	defer a.epMu.Unlock()
+	cur, ok := a.eps.Get(ep.Key())
+	if !ok || cur.HostIfindex != ep.HostIfindex {
+		return nil
+	}
+	if cur.Identity == id && a.endpointInMap(cur) {
+		return nil
+	}
+	if err := a.dp.SetEndpoint(uint32(cur.HostIfindex), bpf.EndpointInfo{Identity: id, EndpointID: cur.ID}); err != nil {
+		return err
+	}
+	cur.Identity = id
+	return a.eps.Put(&cur)
+}
+
+func flatten(res *policy.Result) (map[policy.Key]policy.Entry, map[uint32]bpf.Enforcement) {
 	entries := map[policy.Key]policy.Entry{}
 	enforce := map[uint32]bpf.Enforcement{}
 	for id, ip := range res.Identities {
@@ -105,139 +205,37 @@ func (a *Agent) regenerate() (err error) {
 			enforce[id] = bpf.Enforcement{Ingress: ip.IngressEnforced, Egress: ip.EgressEnforced}
 		}
 	}
+	return entries, enforce
+}
 
-	// Addresses first: a new pod's IP must carry its identity before any
-	// entry names it.
-	if _, err := a.dp.SyncIPCache(ipc); err != nil {
-		return err
+// compileFingerprint hashes what Compile depends on besides the policies'
+// content (which the generation stands for).
+func compileFingerprint(gen uint64, ids []policy.Identity, local []uint32, named map[uint32][]policy.NamedPort) [32]byte {
+	h := sha256.New()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], gen)
+	h.Write(b[:])
+	for _, id := range ids {
+		binary.LittleEndian.PutUint32(b[:4], id.ID)
+		h.Write(b[:4])
 	}
-	moveEndpoints := func() error {
-		a.epMu.Lock()
-		defer a.epMu.Unlock()
-		for i, ep := range d.endpoints {
-			cur, ok := a.eps.Get(ep.Key())
-			if !ok || cur.HostIfindex != ep.HostIfindex {
-				continue // deleted or re-added since derive: its own request regenerates
-			}
-			if cur.Identity == epIdentity[i] && a.endpointInMap(cur) {
-				continue
-			}
-			if err := a.dp.SetEndpoint(uint32(cur.HostIfindex), bpf.EndpointInfo{Identity: epIdentity[i], EndpointID: cur.ID}); err != nil {
-				return err
-			}
-			cur.Identity = epIdentity[i]
-			if err := a.eps.Put(&cur); err != nil {
-				return err
-			}
-		}
-		return nil
+	h.Write([]byte{0xff})
+	for _, id := range local {
+		binary.LittleEndian.PutUint32(b[:4], id)
+		h.Write(b[:4])
 	}
-	if _, err := a.writer.Apply(entries, enforce, moveEndpoints); err != nil {
-		return err
+	for _, id := range slices.Sorted(maps.Keys(named)) {
+		fmt.Fprintf(h, "|%d:%v", id, named[id])
 	}
-
-	a.mu.Lock()
-	a.source.Applied = snap.Generation
-	a.compiled = res
-	a.identities = all
-	a.ipcache = ipc
-	a.mu.Unlock()
-	return nil
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
 }
 
 // endpointInMap says whether the endpoints map already carries ep as is.
 func (a *Agent) endpointInMap(ep endpoint.Endpoint) bool {
 	info, ok := a.dp.LookupEndpoint(uint32(ep.HostIfindex))
 	return ok && info.Identity == ep.Identity && info.EndpointID == ep.ID
-}
-
-// derive collects label sets and addresses from the snapshot and endpoints.
-func (a *Agent) derive(snap *manifests.Snapshot) desired {
-	d := desired{namedPorts: map[string][]policy.NamedPort{}}
-	nsLabels := map[string]map[string]string{}
-	for _, ns := range snap.Namespaces {
-		nsLabels[ns.Name] = ns.Labels
-	}
-	labelsOf := func(namespace string, pod *corev1.Pod) identity.Labels {
-		l := identity.Labels{Namespace: namespace, NamespaceLabels: map[string]string{}}
-		for k, v := range nsLabels[namespace] {
-			l.NamespaceLabels[k] = v
-		}
-		// Kubernetes sets this label on every namespace; selectors rely on it.
-		l.NamespaceLabels["kubernetes.io/metadata.name"] = namespace
-		if pod != nil {
-			l.Pod = pod.Labels
-		}
-		return l
-	}
-	pods := map[string]*corev1.Pod{}
-	for _, p := range snap.Pods {
-		pods[p.Namespace+"/"+p.Name] = p
-	}
-	addPorts := func(l identity.Labels, pod *corev1.Pod) {
-		if pod == nil {
-			return
-		}
-		for _, c := range pod.Spec.Containers {
-			for _, cp := range c.Ports {
-				if cp.Name == "" {
-					continue
-				}
-				d.namedPorts[l.Key()] = append(d.namedPorts[l.Key()], policy.NamedPort{Name: cp.Name, Protocol: protoOf(cp.Protocol), Port: uint16(cp.ContainerPort)})
-			}
-		}
-	}
-
-	localPods := map[string]bool{}
-	for _, ep := range a.eps.List() {
-		pod := pods[ep.PodNamespace+"/"+ep.PodName]
-		l := labelsOf(ep.PodNamespace, pod)
-		d.endpoints = append(d.endpoints, ep)
-		d.epLabels = append(d.epLabels, l)
-		d.labels = append(d.labels, l)
-		addPorts(l, pod)
-		localPods[ep.PodNamespace+"/"+ep.PodName] = true
-	}
-	for _, p := range snap.Pods {
-		if localPods[p.Namespace+"/"+p.Name] {
-			continue
-		}
-		ips := podIPs(p)
-		if len(ips) == 0 {
-			continue // a pod of this node not yet created, or not yet scheduled
-		}
-		l := labelsOf(p.Namespace, p)
-		d.labels = append(d.labels, l)
-		d.remote = append(d.remote, remotePod{labels: l, ips: ips})
-		addPorts(l, p)
-	}
-	return d
-}
-
-func podIPs(p *corev1.Pod) []netip.Addr {
-	var out []netip.Addr
-	seen := map[netip.Addr]bool{}
-	add := func(s string) {
-		if ip, err := netip.ParseAddr(s); err == nil && !seen[ip] {
-			seen[ip] = true
-			out = append(out, ip.Unmap())
-		}
-	}
-	add(p.Status.PodIP)
-	for _, ip := range p.Status.PodIPs {
-		add(ip.IP)
-	}
-	return out
-}
-
-func protoOf(p corev1.Protocol) uint8 {
-	switch p {
-	case corev1.ProtocolUDP:
-		return policy.ProtoUDP
-	case corev1.ProtocolSCTP:
-		return policy.ProtoSCTP
-	}
-	return policy.ProtoTCP
 }
 
 // nodeIPs are the addresses that carry the host identity: configured, or

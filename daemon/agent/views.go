@@ -33,7 +33,7 @@ func (a *Agent) Status() api.Status {
 		Identities:     len(a.identities),
 		Source:         a.source,
 		LastRegen:      a.lastRegen,
-		IPCacheEntries: len(a.ipcache),
+		IPCacheEntries: a.ipcacheSize,
 	}
 	if a.compiled != nil {
 		for _, ip := range a.compiled.Identities {

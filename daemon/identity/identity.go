@@ -7,6 +7,7 @@
 package identity
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -60,6 +61,9 @@ type Allocator struct {
 	byKey    map[string]record
 	nextPod  uint32
 	nextCIDR uint32
+	// numbers and all are derived from byKey, rebuilt only on change.
+	numbers map[string]uint32
+	all     []policy.Identity
 }
 
 // NewAllocator loads the allocations persisted at path (if any).
@@ -86,12 +90,13 @@ func cidrKey(p netip.Prefix) string { return "cidr=" + p.Masked().String() }
 
 // Sync makes the allocator hold exactly the given label sets and prefixes:
 // known ones keep their numbers, new ones get fresh numbers, the rest are
-// released. It returns every identity it holds and persists them when
-// anything changed.
-func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32, error) {
+// released. It returns the number of every key, and every identity held
+// (reserved ones included, ordered by number) for the compiler; both are
+// persisted when anything changed.
+func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32, []policy.Identity, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	want := map[string]record{}
+	want := make(map[string]record, len(pods)+len(cidrs))
 	changed := false
 	for _, l := range pods {
 		k := l.Key()
@@ -125,26 +130,27 @@ func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32
 		changed = true
 	}
 	a.byKey = want
-	out := make(map[string]uint32, len(want))
-	for k, r := range want {
-		out[k] = r.ID
+	if changed || a.all == nil {
+		a.numbers = make(map[string]uint32, len(want))
+		for k, r := range want {
+			a.numbers[k] = r.ID
+		}
+		a.all = a.identities()
 	}
 	if changed {
-		recs := slices.SortedFunc(maps.Values(want), func(x, y record) int { return int(x.ID) - int(y.ID) })
+		recs := slices.SortedFunc(maps.Values(want), func(x, y record) int { return cmp.Compare(x.ID, y.ID) })
 		if err := state.WriteJSON(a.path, recs); err != nil {
-			return out, fmt.Errorf("persist identities: %w", err)
+			return a.numbers, a.all, fmt.Errorf("persist identities: %w", err)
 		}
 	}
-	return out, nil
+	return a.numbers, a.all, nil
 }
 
 // CIDRKey is the key Sync's result uses for a prefix.
 func CIDRKey(p netip.Prefix) string { return cidrKey(p) }
 
-// All returns every identity held, reserved ones included, for the compiler.
-func (a *Allocator) All() []policy.Identity {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// identities lists every identity held, reserved ones included.
+func (a *Allocator) identities() []policy.Identity {
 	out := slices.Clone(Reserved)
 	for _, r := range a.byKey {
 		id := policy.Identity{ID: r.ID}
@@ -157,6 +163,6 @@ func (a *Allocator) All() []policy.Identity {
 		}
 		out = append(out, id)
 	}
-	slices.SortFunc(out, func(x, y policy.Identity) int { return int(x.ID) - int(y.ID) })
+	slices.SortFunc(out, func(x, y policy.Identity) int { return cmp.Compare(x.ID, y.ID) })
 	return out
 }

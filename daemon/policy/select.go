@@ -21,6 +21,9 @@ type identityIndex struct {
 	byID  map[uint32]*Identity
 	pods  []*Identity // by ID
 	cidrs []*Identity // by ID, CIDR masked
+	// byAddr is cidrs ordered by address, then prefix length: the
+	// identities inside one prefix are a contiguous run of it.
+	byAddr []*Identity
 }
 
 func newIdentityIndex(ids []Identity) *identityIndex {
@@ -41,6 +44,13 @@ func newIdentityIndex(ids []Identity) *identityIndex {
 	byID := func(a, b *Identity) int { return cmp.Compare(a.ID, b.ID) }
 	slices.SortFunc(x.pods, byID)
 	slices.SortFunc(x.cidrs, byID)
+	x.byAddr = slices.Clone(x.cidrs)
+	slices.SortFunc(x.byAddr, func(a, b *Identity) int {
+		if c := a.CIDR.Addr().Compare(b.CIDR.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.CIDR.Bits(), b.CIDR.Bits())
+	})
 	return x
 }
 
@@ -135,7 +145,15 @@ func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
 	if cidr.Bits() == 0 {
 		ids = append(ids, IdentityWorld)
 	}
-	for _, id := range x.cidrs {
+	// Binary search to the first prefix at or after cidr's address; every
+	// prefix inside cidr follows in one run.
+	start, _ := slices.BinarySearchFunc(x.byAddr, cidr.Addr(), func(id *Identity, a netip.Addr) int {
+		return id.CIDR.Addr().Compare(a)
+	})
+	for _, id := range x.byAddr[start:] {
+		if id.CIDR.Addr().BitLen() != cidr.Addr().BitLen() || !cidr.Contains(id.CIDR.Addr()) {
+			break
+		}
 		if !prefixContains(cidr, id.CIDR) {
 			continue
 		}
@@ -144,6 +162,7 @@ func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
 		}
 		ids = append(ids, id.ID)
 	}
+	slices.Sort(ids)
 	return ids, nil
 }
 

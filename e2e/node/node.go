@@ -91,8 +91,9 @@ type Node struct {
 
 // Options shape a node.
 type Options struct {
-	// ConfList is the conflist JSON; %[1]s is replaced by the aegis-cni
-	// entry. Empty: ptp with aegis-ipam, then aegis-cni.
+	// ConfList is the conflist JSON; the text AEGIS_CNI_ENTRY is replaced
+	// by the aegis-cni entry for this node. Empty: ptp with aegis-ipam,
+	// then aegis-cni.
 	ConfList string
 	// ExtraPluginDirs are searched for plugins too (azure-vnet).
 	ExtraPluginDirs []string
@@ -126,11 +127,11 @@ func New(t testing.TB, opts Options) *Node {
   "plugins": [
     {"type": "ptp", "mtu": 1500, "ipMasq": false,
      "ipam": {"type": "aegis-ipam", "podCIDR": %q, "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}},
-    %%[1]s
+    AEGIS_CNI_ENTRY
   ]
 }`, PodCIDR, filepath.Join(n.Dir, "ipam"))
 	}
-	cl, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(conf, entry)))
+	cl, err := libcni.ConfListFromBytes([]byte(strings.Replace(conf, "AEGIS_CNI_ENTRY", entry, 1)))
 	if err != nil {
 		t.Fatalf("parse conflist: %v", err)
 	}
@@ -139,7 +140,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.cni = libcni.NewCNIConfigWithCacheDir(dirs, filepath.Join(n.Dir, "cnicache"), nil)
 	t.Cleanup(func() {
 		n.StopDaemon(syscall.SIGTERM)
-		if t.Failed() {
+		if t.Failed() || os.Getenv("AEGIS_E2E_LOGS") != "" {
 			n.dumpLogs()
 		}
 	})
@@ -153,8 +154,12 @@ func (n *Node) dumpLogs() {
 			continue
 		}
 		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-		if len(lines) > 60 {
-			lines = lines[len(lines)-60:]
+		keep := 60
+		if os.Getenv("AEGIS_E2E_LOGS") != "" {
+			keep = 400
+		}
+		if len(lines) > keep {
+			lines = lines[len(lines)-keep:]
 		}
 		n.t.Logf("--- last lines of %s:\n%s", filepath.Base(f), strings.Join(lines, "\n"))
 	}

@@ -26,6 +26,8 @@ type Pod struct {
 	NS          *netns.NS
 	IP          netip.Addr
 	Result      types.Result
+	// AddTook is how long the CNI ADD of the whole chain took.
+	AddTook time.Duration
 }
 
 // Addr is the pod's IP with a port.
@@ -101,7 +103,9 @@ func (n *Node) TryNewPod(namespace, name string, labels map[string]string) (*Pod
 	err := n.NS.Do(func() (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
+		start := time.Now()
 		res, err = n.cni.AddNetworkList(ctx, n.ConfList, n.runtimeConf(p))
+		p.AddTook = time.Since(start)
 		return err
 	})
 	if err != nil {
