@@ -49,6 +49,9 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 {
 	struct endpoint_info *ep = lookup_endpoint(skb->ifindex);
 	struct tuple t = {};
+	struct ct_key key;
+	struct ct_entry *e = 0;
+	__u8 fresh;
 	__u64 now;
 	int rc;
 
@@ -56,12 +59,35 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	if (!ep)
 		return TCX_NEXT;
 	__u32 local_id = ep->identity;
-	int enforced = is_enforced(local_id, dir);
 
 	now = bpf_ktime_get_ns();
 	rc = parse_packet(skb, &t);
 	if (rc == PARSE_NOT_IP)
 		return TCX_NEXT;
+
+	if (rc == PARSE_OK) {
+		/* Precedence: a reply of a connection this endpoint allowed in
+		 * the other direction passes without policy; then a connection
+		 * of this direction judged under the current policy revision.
+		 * Both skip the ipcache and policy lookups: most packets end
+		 * here. */
+		ct_key_reverse(&key, &t, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
+		e = ct_lookup(&key, now);
+		if (e) {
+			fresh = ct_account(e, &t, 1, now);
+			maybe_report(skb, &t, e, fresh, 1, dir, now);
+			return forward(&t, dir);
+		}
+		ct_key_forward(&key, &t, dir);
+		e = ct_lookup(&key, now);
+		if (e && e->policy_rev == policy_revision()) {
+			fresh = ct_account(e, &t, 0, now);
+			maybe_report(skb, &t, e, fresh, 0, dir, now);
+			return forward(&t, dir);
+		}
+	}
+
+	int enforced = is_enforced(local_id, dir);
 	if (rc != PARSE_OK && rc != PARSE_FRAGMENT) {
 		if (!enforced)
 			return forward(&t, dir);
@@ -79,31 +105,9 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, &t, DROP_FRAG_NOT_FOUND, dir, src_id, dst_id, 0, now);
 	}
 
-	struct ct_key key;
-	struct ct_entry *e;
-	__u8 fresh;
-
-	/* Precedence: a reply of a connection this endpoint allowed in the
-	 * other direction passes without policy; then an existing connection
-	 * of this direction, re-judged if policy changed since; then policy. */
-	ct_key_reverse(&key, &t, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
-	e = ct_lookup(&key, now);
-	if (e) {
-		fresh = ct_account(e, &t, 1, now);
-		maybe_report(skb, &t, e, fresh, 1, dir, now);
-		return forward(&t, dir);
-	}
-
+	/* A new connection, or one to judge again under a new revision. */
 	__u32 rev = policy_revision();
 	struct policy_entry verdict = { .action = ACTION_ALLOW };
-
-	ct_key_forward(&key, &t, dir);
-	e = ct_lookup(&key, now);
-	if (e && e->policy_rev == rev) {
-		fresh = ct_account(e, &t, 0, now);
-		maybe_report(skb, &t, e, fresh, 0, dir, now);
-		return forward(&t, dir);
-	}
 
 	if (enforced)
 		verdict = policy_verdict(local_id, remote_id, dir, t.proto, t.dport);
@@ -123,7 +127,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		return forward(&t, dir);
 	}
 
-	e = ct_create(&key, &t, src_id, dst_id, verdict.cookie, rev, now);
+	ct_create(&key, &t, src_id, dst_id, verdict.cookie, rev, now);
 	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
 	return forward(&t, dir);
 }
