@@ -13,6 +13,7 @@ import (
 
 // CTEntry is one conntrack entry, decoded for humans and the GC.
 type CTEntry struct {
+	Ifindex        uint32 // host veth of the endpoint that tracks it
 	Src, Dst       netip.AddrPort
 	Proto          uint8
 	Scope          string // "ingress" or "egress": the endpoint direction that allowed it
@@ -61,12 +62,18 @@ func (m *Maps) ListCT() ([]CTEntry, error) {
 			continue
 		}
 		scope := "ingress"
-		if k.Scope == 1 {
+		if v.Scope == 1 {
 			scope = "egress"
 		}
+		a := netip.AddrPortFrom(addr4(k.AddrA), be16(k.PortA))
+		b := netip.AddrPortFrom(addr4(k.AddrB), be16(k.PortB))
+		if v.A_isSrc == 0 {
+			a, b = b, a
+		}
 		out = append(out, CTEntry{
-			Src:            netip.AddrPortFrom(addr4(k.Saddr), be16(k.Sport)),
-			Dst:            netip.AddrPortFrom(addr4(k.Daddr), be16(k.Dport)),
+			Ifindex:        k.Ifindex,
+			Src:            a,
+			Dst:            b,
 			Proto:          k.Proto,
 			Scope:          scope,
 			Expires:        time.Duration(v.ExpiresNs - now),

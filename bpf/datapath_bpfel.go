@@ -34,18 +34,20 @@ type datapathCtEntry struct {
 	FlagsFwd     uint8
 	FlagsRev     uint8
 	Closing      uint8
-	Pad          [5]uint8
+	Scope        uint8
+	A_isSrc      uint8
+	Pad          [3]uint8
 }
 
 type datapathCtKey struct {
-	_     structs.HostLayout
-	Saddr uint32
-	Daddr uint32
-	Sport uint16
-	Dport uint16
-	Proto uint8
-	Scope uint8
-	Pad   uint16
+	_       structs.HostLayout
+	Ifindex uint32
+	AddrA   uint32
+	AddrB   uint32
+	PortA   uint16
+	PortB   uint16
+	Proto   uint8
+	Pad     [3]uint8
 }
 
 type datapathEndpointInfo struct {

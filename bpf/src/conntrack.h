@@ -1,6 +1,9 @@
-/* Conntrack: makes the datapath stateful. An entry is created by the
- * endpoint direction that allowed a connection (scope), so replies pass
- * without a rule and both endpoints of a pod-to-pod flow track it apart. */
+/* Conntrack: makes the datapath stateful. One entry per connection per
+ * endpoint, keyed by the endpoint's host veth and the connection's tuple in
+ * a canonical order, so both directions find it with one lookup. The entry
+ * remembers which hook created it (scope): a packet through the other hook
+ * is a reply and passes without a rule. Both endpoints of a pod-to-pod flow
+ * track it apart, each under its own ifindex. */
 #ifndef AEGIS_CONNTRACK_H
 #define AEGIS_CONNTRACK_H
 
@@ -18,13 +21,13 @@
 #define CT_REPLY 3
 
 struct ct_key {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
+	__u32 ifindex;
+	__be32 addr_a;  /* the lower (address, port) of the two ends */
+	__be32 addr_b;
+	__be16 port_a;
+	__be16 port_b;
 	__u8 proto;
-	__u8 scope; /* DIR_INGRESS or DIR_EGRESS of the endpoint that allowed it */
-	__u16 pad;
+	__u8 pad[3];
 };
 
 struct ct_entry {
@@ -41,7 +44,9 @@ struct ct_entry {
 	__u8 flags_fwd;         /* TCP flags seen in the original direction */
 	__u8 flags_rev;
 	__u8 closing;
-	__u8 pad[5];
+	__u8 scope;             /* DIR_* of the hook that created the entry */
+	__u8 a_is_src;          /* the key's end a sent the first packet */
+	__u8 pad[3];
 };
 
 struct {
@@ -52,26 +57,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } aegis_ct SEC(".maps");
 
-static __always_inline void ct_key_forward(struct ct_key *k, const struct tuple *t, __u8 scope)
+/* ct_key_of builds the canonical key; *a_is_src says whether the packet's
+ * source is the key's end a. */
+static __always_inline void ct_key_of(struct ct_key *k, const struct tuple *t, __u32 ifindex,
+				      __u8 *a_is_src)
 {
-	k->saddr = t->saddr;
-	k->daddr = t->daddr;
-	k->sport = t->sport;
-	k->dport = t->dport;
-	k->proto = t->proto;
-	k->scope = scope;
-	k->pad = 0;
-}
+	__u32 s = bpf_ntohl(t->saddr), d = bpf_ntohl(t->daddr);
+	int src_first = s < d || (s == d && bpf_ntohs(t->sport) <= bpf_ntohs(t->dport));
 
-static __always_inline void ct_key_reverse(struct ct_key *k, const struct tuple *t, __u8 scope)
-{
-	k->saddr = t->daddr;
-	k->daddr = t->saddr;
-	k->sport = t->dport;
-	k->dport = t->sport;
+	k->ifindex = ifindex;
 	k->proto = t->proto;
-	k->scope = scope;
-	k->pad = 0;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	if (src_first) {
+		k->addr_a = t->saddr;
+		k->port_a = t->sport;
+		k->addr_b = t->daddr;
+		k->port_b = t->dport;
+	} else {
+		k->addr_a = t->daddr;
+		k->port_a = t->dport;
+		k->addr_b = t->saddr;
+		k->port_b = t->sport;
+	}
+	*a_is_src = src_first;
 }
 
 static __always_inline __u64 ct_lifetime(const struct ct_entry *e, __u8 proto)
@@ -122,13 +130,17 @@ static __always_inline __u8 ct_account(struct ct_entry *e, const struct tuple *t
 	/* A new SYN on a closing entry is a reused tuple: a new connection. */
 	if ((t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN && !reply && e->closing)
 		e->closing = 0;
-	e->expires_ns = now + ct_lifetime(e, t->proto);
+	/* Refresh the lifetime at most every second: the write is the costly
+	 * part, a second of slack is not. */
+	__u64 expires = now + ct_lifetime(e, t->proto);
+	if (expires > e->expires_ns + 1000000000ULL || expires < e->expires_ns)
+		e->expires_ns = expires;
 	return fresh;
 }
 
 static __always_inline struct ct_entry *
-ct_create(const struct ct_key *k, const struct tuple *t, __u32 src_id, __u32 dst_id,
-	  __u32 cookie, __u32 rev, __u64 now)
+ct_create(const struct ct_key *k, const struct tuple *t, __u8 scope, __u8 a_is_src,
+	  __u32 src_id, __u32 dst_id, __u32 cookie, __u32 rev, __u64 now)
 {
 	struct ct_entry e = {
 		.last_report_ns = now,
@@ -139,6 +151,8 @@ ct_create(const struct ct_key *k, const struct tuple *t, __u32 src_id, __u32 dst
 		.src_identity = src_id,
 		.dst_identity = dst_id,
 		.flags_fwd = t->tcp_flags,
+		.scope = scope,
+		.a_is_src = a_is_src,
 	};
 	e.expires_ns = now + ct_lifetime(&e, t->proto);
 	if (bpf_map_update_elem(&aegis_ct, k, &e, BPF_ANY))

@@ -65,21 +65,20 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	if (rc == PARSE_NOT_IP)
 		return TCX_NEXT;
 
+	__u8 a_is_src = 0;
 	if (rc == PARSE_OK) {
 		/* Precedence: a reply of a connection this endpoint allowed in
 		 * the other direction passes without policy; then a connection
 		 * of this direction judged under the current policy revision.
 		 * Both skip the ipcache and policy lookups: most packets end
 		 * here. */
-		ct_key_reverse(&key, &t, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS);
+		ct_key_of(&key, &t, skb->ifindex, &a_is_src);
 		e = ct_lookup(&key, now);
-		if (e) {
+		if (e && e->scope != dir) {
 			fresh = ct_account(e, &t, 1, now);
 			maybe_report(skb, &t, e, fresh, 1, dir, now);
 			return forward(&t, dir);
 		}
-		ct_key_forward(&key, &t, dir);
-		e = ct_lookup(&key, now);
 		if (e && e->policy_rev == policy_revision()) {
 			fresh = ct_account(e, &t, 0, now);
 			maybe_report(skb, &t, e, fresh, 0, dir, now);
@@ -127,7 +126,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		return forward(&t, dir);
 	}
 
-	ct_create(&key, &t, src_id, dst_id, verdict.cookie, rev, now);
+	ct_create(&key, &t, dir, a_is_src, src_id, dst_id, verdict.cookie, rev, now);
 	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
 	return forward(&t, dir);
 }
