@@ -40,6 +40,23 @@ func existing(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, e
 	return nil, nil
 }
 
+// allocate returns the address of (id, ifname): the one it already has,
+// or a new one.
+func allocate(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, error) {
+	ipc, err := existing(s, c, id, ifname)
+	if err != nil || ipc != nil {
+		return ipc, err
+	}
+	ipc, err = allocator.NewIPAllocator(&c.rangeSet, s, 0).Get(id, ifname, nil)
+	if err != nil {
+		if strings.Contains(err.Error(), "no IP addresses available") {
+			return nil, types.NewError(types.ErrTryAgainLater, "pod CIDR exhausted", err.Error())
+		}
+		return nil, fmt.Errorf("allocate address: %w", err)
+	}
+	return ipc, nil
+}
+
 func cmdAdd(args *skel.CmdArgs) error {
 	c, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -50,19 +67,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	ipc, err := existing(s, c, args.ContainerID, args.IfName)
+	ipc, err := allocate(s, c, args.ContainerID, args.IfName)
 	if err != nil {
 		return err
-	}
-	if ipc == nil {
-		alloc := allocator.NewIPAllocator(&c.rangeSet, s, 0)
-		ipc, err = alloc.Get(args.ContainerID, args.IfName, nil)
-		if err != nil {
-			if strings.Contains(err.Error(), "no IP addresses available") {
-				return types.NewError(types.ErrTryAgainLater, "pod CIDR exhausted", err.Error())
-			}
-			return fmt.Errorf("allocate address: %w", err)
-		}
 	}
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: []*current.IPConfig{ipc}, Routes: c.ipam.Routes}
 	return types.PrintResult(res, c.cniVersion)
