@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/e2e/netns"
 	"github.com/aegis-cni/aegis/e2e/node"
 )
@@ -273,6 +276,21 @@ spec:
 		n.Remove("11-policy.yaml")
 	})
 
+	t.Run("debug CLI shows the same state as the maps", func(t *testing.T) {
+		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allow-client, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+`)
+		defer n.Remove("11-policy.yaml")
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		checkCLI(t, c)
+	})
+
 	t.Run("CHECK passes on a healthy pod", func(t *testing.T) {
 		if err := n.CheckPod(c.client); err != nil {
 			t.Errorf("CHECK: %v", err)
@@ -335,5 +353,98 @@ func assertNoTrace(t *testing.T, n *node.Node, p *node.Pod) {
 	}
 	if len(mapEps) != len(eps) {
 		t.Errorf("endpoints map has %d entries, registry %d", len(mapEps), len(eps))
+	}
+}
+
+func checkCLI(t *testing.T, c *cluster) {
+	t.Helper()
+	n := c.n
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := n.CLI(args...)
+		if err != nil {
+			t.Fatalf("aegis %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	var eps []api.Endpoint
+	decodeJSON(t, run("endpoint", "list", "-o", "json"), &eps)
+	var webID uint32
+	for _, ep := range eps {
+		if ep.PodName == "web" {
+			webID = ep.Identity
+			if !ep.IngressEnforced || ep.EgressEnforced {
+				t.Errorf("web enforcement: %+v", ep)
+			}
+		}
+	}
+	if len(eps) != 4 || webID == 0 {
+		t.Fatalf("endpoint list: %+v", eps)
+	}
+	var ids []api.Identity
+	decodeJSON(t, run("identity", "list", "-o", "json"), &ids)
+	found := map[string]bool{}
+	for _, id := range ids {
+		found[strings.Join(id.Labels, " ")] = true
+	}
+	if !found["reserved:world"] || !found["reserved:host"] {
+		t.Errorf("identity list lacks reserved identities: %v", found)
+	}
+	var pol []api.Policy
+	decodeJSON(t, run("policy", "get", "--pod", "prod/web", "-o", "json"), &pol)
+	if len(pol) != 1 || pol[0].Identity != webID {
+		t.Fatalf("policy get: %+v", pol)
+	}
+	var named bool
+	for _, r := range pol[0].Rules {
+		if r.Name == "web-allow-client" && r.Kind == "NetworkPolicy" {
+			named = true
+		}
+	}
+	if !named {
+		t.Errorf("policy get does not name web-allow-client: %+v", pol[0].Rules)
+	}
+	var bpfPol []struct {
+		Key   policy.Key   `json:"key"`
+		Entry policy.Entry `json:"entry"`
+	}
+	decodeJSON(t, run("bpf", "policy", "list", "-o", "json"), &bpfPol)
+	mapEntries := 0
+	for _, e := range bpfPol {
+		if e.Key.Local == webID {
+			mapEntries++
+		}
+	}
+	if mapEntries != len(pol[0].Entries) {
+		t.Errorf("map holds %d entries for web, compiled policy %d", mapEntries, len(pol[0].Entries))
+	}
+	var ipc map[string]uint32
+	decodeJSON(t, run("bpf", "ipcache", "list", "-o", "json"), &ipc)
+	if ipc[c.web.IP.String()+"/32"] != webID {
+		t.Errorf("ipcache has %s -> %d, want %d", c.web.IP, ipc[c.web.IP.String()+"/32"], webID)
+	}
+	var cts []bpf.CTEntry
+	decodeJSON(t, run("bpf", "ct", "list", "-o", "json"), &cts)
+	var tracked bool
+	for _, e := range cts {
+		if e.Dst.Addr() == c.web.IP && e.Dst.Port() == 8080 && e.Src.Addr() == c.client.IP {
+			tracked = true
+		}
+	}
+	if !tracked {
+		t.Errorf("conntrack lacks client -> web:8080: %d entries", len(cts))
+	}
+	if out := run("bpf", "counters"); !strings.Contains(out, "POLICY_DENIED") {
+		t.Errorf("counters show no policy drops:\n%s", out)
+	}
+	if out := run("status"); !strings.Contains(out, "Ready:            yes") {
+		t.Errorf("status:\n%s", out)
+	}
+}
+
+func decodeJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %q: %v", s, err)
 	}
 }

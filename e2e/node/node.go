@@ -7,7 +7,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -304,11 +303,3 @@ func (n *Node) Status() *api.Status {
 
 // errNoIP says a pod came up without an address.
 var errNoIP = errors.New("pod has no IPv4 address in the CNI result")
-
-// decodeJSON is a small helper for CLI -o json output.
-func decodeJSON(t testing.TB, s string, v any) {
-	t.Helper()
-	if err := json.Unmarshal([]byte(s), v); err != nil {
-		t.Fatalf("decode %q: %v", s, err)
-	}
-}

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
@@ -66,7 +67,7 @@ func run(ctx context.Context, argv []string) error {
 	if len(rest) > 0 && (cmd == "endpoint" || cmd == "identity" || cmd == "policy" || cmd == "bpf") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
-	if cmd == "bpf" && len(rest) > 0 {
+	if strings.HasPrefix(cmd, "bpf ") && cmd != "bpf counters" && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	switch cmd {
