@@ -77,6 +77,18 @@ spec:
   policyTypes: [Ingress]
 `
 
+// webAllowClient lets pods labelled app=client of prod reach web on TCP
+// 8080 (no protocol: TCP is the default).
+const webAllowClient = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allow-client, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+`
+
 func TestNetworkPolicyPTP(t *testing.T) {
 	c := newCluster(t, node.Options{})
 	runNetworkPolicyCases(t, c)
@@ -102,24 +114,7 @@ func runNetworkPolicyCases(t *testing.T, c *cluster) {
 	})
 
 	t.Run("one label on one port, replies pass", func(t *testing.T) {
-		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: web-allow-client
-  namespace: prod
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: client
-    ports:
-    - port: 8080
-      protocol: TCP
-`)
+		n.Apply("11-policy.yaml", webAllowClient)
 		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
 		c.client.NS.ExpectBlocked(t, "tcp", web.Addr(9090))
 		c.client.NS.ExpectBlocked(t, "udp", web.Addr(5353))
@@ -242,23 +237,7 @@ spec:
 	})
 
 	t.Run("daemon killed and restarted: connection survives, enforcement never stops", func(t *testing.T) {
-		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: web-allow-client
-  namespace: prod
-spec:
-  podSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: client
-    ports:
-    - port: 8080
-`)
+		n.Apply("11-policy.yaml", webAllowClient)
 		conn, err := c.client.NS.Dial("tcp4", web.Addr(8080), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -277,15 +256,7 @@ spec:
 	})
 
 	t.Run("debug CLI shows the same state as the maps", func(t *testing.T) {
-		n.Apply("11-policy.yaml", `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-allow-client, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: client}}}]
-    ports: [{port: 8080}]
-`)
+		n.Apply("11-policy.yaml", webAllowClient)
 		defer n.Remove("11-policy.yaml")
 		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
 		checkCLI(t, c)

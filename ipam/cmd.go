@@ -57,7 +57,9 @@ func allocate(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, e
 	return ipc, nil
 }
 
-func cmdAdd(args *skel.CmdArgs) error {
+// withStore parses the configuration and opens the allocation store for
+// one command.
+func withStore(args *skel.CmdArgs, fn func(*config, *disk.Store) error) error {
 	c, err := parseConfig(args.StdinData)
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
@@ -67,49 +69,40 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	ipc, err := allocate(s, c, args.ContainerID, args.IfName)
-	if err != nil {
-		return err
-	}
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: []*current.IPConfig{ipc}, Routes: c.ipam.Routes}
-	return types.PrintResult(res, c.cniVersion)
+	return fn(c, s)
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	return withStore(args, func(c *config, s *disk.Store) error {
+		ipc, err := allocate(s, c, args.ContainerID, args.IfName)
+		if err != nil {
+			return err
+		}
+		res := &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: []*current.IPConfig{ipc}, Routes: c.ipam.Routes}
+		return types.PrintResult(res, c.cniVersion)
+	})
 }
 
 func cmdDel(args *skel.CmdArgs) error {
-	c, err := parseConfig(args.StdinData)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
-	}
-	s, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	alloc := allocator.NewIPAllocator(&c.rangeSet, s, 0)
-	if err := alloc.Release(args.ContainerID, args.IfName); err != nil {
-		return fmt.Errorf("release address: %w", err)
-	}
-	return nil
+	return withStore(args, func(c *config, s *disk.Store) error {
+		if err := allocator.NewIPAllocator(&c.rangeSet, s, 0).Release(args.ContainerID, args.IfName); err != nil {
+			return fmt.Errorf("release address: %w", err)
+		}
+		return nil
+	})
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
-	c, err := parseConfig(args.StdinData)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
-	}
-	s, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	ipc, err := existing(s, c, args.ContainerID, args.IfName)
-	if err != nil {
-		return err
-	}
-	if ipc == nil {
-		return fmt.Errorf("check: no address reserved for %s/%s", args.ContainerID, args.IfName)
-	}
-	return nil
+	return withStore(args, func(c *config, s *disk.Store) error {
+		ipc, err := existing(s, c, args.ContainerID, args.IfName)
+		if err != nil {
+			return err
+		}
+		if ipc == nil {
+			return fmt.Errorf("check: no address reserved for %s/%s", args.ContainerID, args.IfName)
+		}
+		return nil
+	})
 }
 
 // cmdStatus fails with "plugin not available" when ADD could not work:
@@ -135,15 +128,12 @@ func cmdStatus(args *skel.CmdArgs) error {
 // cmdGC releases every reservation whose attachment the runtime no longer
 // lists as valid.
 func cmdGC(args *skel.CmdArgs) error {
-	c, err := parseConfig(args.StdinData)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
-	}
-	s, err := openStore(c)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
+	return withStore(args, func(c *config, s *disk.Store) error {
+		return gc(c, s)
+	})
+}
+
+func gc(c *config, s *disk.Store) error {
 	valid := map[string]bool{}
 	for _, a := range c.valid {
 		valid[a.ContainerID+"\n"+a.IfName] = true
