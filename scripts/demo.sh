@@ -8,4 +8,8 @@ if [ "$(id -u)" -ne 0 ]; then
 	echo "demo: needs root (network namespaces, bpffs, tcx)" >&2
 	exit 1
 fi
-AEGIS_DEMO=1 go test -count=1 -run '^TestPetStore$' ./e2e/ | grep -v '^ok\|^PASS$'
+# The pet-store scenario is an e2e test; run its binary directly so its
+# narration goes straight to the terminal.
+go test -c -o bin/e2e.test ./e2e/
+cd e2e
+AEGIS_DEMO=1 ../bin/e2e.test -test.run '^TestPetStore$' -test.count=1 | grep -v '^PASS$'

@@ -36,6 +36,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct tuple *t)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 
+	t->len = skb->len;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_INVALID;
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
@@ -52,7 +53,6 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct tuple *t)
 	t->saddr = ip->saddr;
 	t->daddr = ip->daddr;
 	t->proto = ip->protocol;
-	t->len = skb->len;
 	t->sport = 0;
 	t->dport = 0;
 	t->tcp_flags = 0;
