@@ -228,3 +228,34 @@ func TestPluginBadInput(t *testing.T) {
 		assertConsistent(t, n, nil)
 	})
 }
+
+// AKS conflists say cniVersion 0.3.0: the chain works there too (prevResult
+// in the 0.3.0 format, passed on unchanged).
+func TestChainCNIVersion030(t *testing.T) {
+	n := node.New(t, node.Options{ConfList: fmt.Sprintf(`{
+  "cniVersion": "0.3.0",
+  "name": "aegis-030",
+  "plugins": [
+    {"type": "ptp", "ipMasq": false,
+     "ipam": {"type": "aegis-ipam", "podCIDR": %q, "dataDir": %q, "routes": [{"dst": "0.0.0.0/0"}]}},
+    AEGIS_CNI_ENTRY
+  ]
+}`, node.PodCIDR, t.TempDir())})
+	n.Apply("00.yaml", node.PodManifest("default", "a", map[string]string{"app": "a"})+"---\n"+node.PodManifest("default", "b", map[string]string{"app": "b"}))
+	n.StartDaemon()
+	a := n.NewPod("default", "a", nil)
+	b := n.NewPod("default", "b", nil)
+	if v := a.Result.Version(); v != "0.3.0" {
+		t.Errorf("result version %s, want 0.3.0", v)
+	}
+	b.NS.Serve(t, "tcp", b.Addr(80), "b:")
+	a.NS.ExpectAllowed(t, "tcp", b.Addr(80))
+	n.Apply("10.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: b}}\n")
+	a.NS.ExpectBlocked(t, "tcp", b.Addr(80))
+	for _, p := range []*node.Pod{a, b} {
+		if err := n.DelPod(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assertConsistent(t, n, nil)
+}
