@@ -408,6 +408,20 @@ func checkCLI(t *testing.T, c *cluster) {
 	if out := run("bpf", "counters"); !strings.Contains(out, "POLICY_DENIED") {
 		t.Errorf("counters show no policy drops:\n%s", out)
 	}
+	for _, tc := range []struct{ src, dst, port, verdict, rule string }{
+		{"prod/client", "prod/web", "8080", "FORWARDED", "NetworkPolicy prod/web-allow-client"},
+		{"prod/other", "prod/web", "8080", "DROPPED", ""},
+		{"prod/client", "prod/web", "9090", "DROPPED", ""},
+		{"192.0.2.10", "prod/web", "8080", "DROPPED", ""},
+		{"prod/web", "world", "443", "FORWARDED", ""},
+	} {
+		var tr api.TraceResponse
+		decodeJSON(t, run("policy", "trace", "--src", tc.src, "--dst", tc.dst, "--port", tc.port, "-o", "json"), &tr)
+		last := tr.Steps[len(tr.Steps)-1]
+		if tr.Verdict != tc.verdict || (tc.rule != "" && last.Rule != tc.rule) {
+			t.Errorf("trace %s -> %s:%s = %s %+v, want %s %s", tc.src, tc.dst, tc.port, tr.Verdict, tr.Steps, tc.verdict, tc.rule)
+		}
+	}
 	if out := run("status"); !strings.Contains(out, "Ready:            yes") {
 		t.Errorf("status:\n%s", out)
 	}

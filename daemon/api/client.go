@@ -120,3 +120,9 @@ func (c *Client) Policy(ctx context.Context, q url.Values) ([]Policy, error) {
 	var r []Policy
 	return r, c.do(ctx, http.MethodGet, "/v1/policy", q, nil, &r)
 }
+
+// Trace asks how the datapath judges a connection.
+func (c *Client) Trace(ctx context.Context, req TraceRequest) (*TraceResponse, error) {
+	var r TraceResponse
+	return &r, c.do(ctx, http.MethodPost, "/v1/trace", nil, req, &r)
+}

@@ -30,6 +30,7 @@ type Backend interface {
 	Endpoints() []Endpoint
 	Identities() []Identity
 	Policy(q url.Values) ([]Policy, error)
+	Trace(req TraceRequest) (*TraceResponse, error)
 }
 
 // Serve listens on the unix socket (root only: 0600 in a 0700 directory)
@@ -104,6 +105,15 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, r *http.Request) {
 		p, err := b.Policy(r.URL.Query())
 		reply(w, p, err)
+	})
+	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		var req TraceRequest
+		if err := decode(r, &req); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		resp, err := b.Trace(req)
+		reply(w, resp, err)
 	})
 	return mux
 }

@@ -140,3 +140,37 @@ type PolicyEntry struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// TraceRequest asks how the datapath judges a connection.
+type TraceRequest struct {
+	Source      string `json:"source"`      // namespace/name, IP, or entity
+	Destination string `json:"destination"` // namespace/name, IP, or entity
+	Protocol    string `json:"protocol"`
+	Port        uint16 `json:"port"`
+}
+
+// TracePeer is one end of a traced connection.
+type TracePeer struct {
+	Name     string `json:"name"`
+	Identity uint32 `json:"identity"`
+	Local    bool   `json:"local"`
+}
+
+// TraceStep is the verdict of one endpoint direction.
+type TraceStep struct {
+	Direction string `json:"direction"`
+	Local     uint32 `json:"local"`
+	Remote    uint32 `json:"remote"`
+	Enforced  bool   `json:"enforced"`
+	Verdict   string `json:"verdict"`
+	Reason    string `json:"reason"`
+	Rule      string `json:"rule,omitempty"`
+}
+
+// TraceResponse is the overall verdict and the steps behind it.
+type TraceResponse struct {
+	Source      TracePeer   `json:"source"`
+	Destination TracePeer   `json:"destination"`
+	Verdict     string      `json:"verdict"` // FORWARDED or DROPPED
+	Steps       []TraceStep `json:"steps"`
+}

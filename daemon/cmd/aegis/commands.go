@@ -341,3 +341,41 @@ func compareTuple(a, b []uint32) int {
 	}
 	return 0
 }
+
+func cmdTrace(ctx context.Context, c *api.Client, argv []string) error {
+	var req api.TraceRequest
+	var port uint
+	out, err := outputFlags("policy trace", argv, func(fs *flag.FlagSet) {
+		fs.StringVar(&req.Source, "src", "", "source: NAMESPACE/POD, an IP address, world or host")
+		fs.StringVar(&req.Destination, "dst", "", "destination: NAMESPACE/POD, an IP address, world or host")
+		fs.StringVar(&req.Protocol, "proto", "TCP", "protocol: TCP, UDP, SCTP or ICMP")
+		fs.UintVar(&port, "port", 0, "destination port")
+	})
+	if err != nil {
+		return err
+	}
+	if req.Source == "" || req.Destination == "" {
+		return fmt.Errorf("policy trace needs --src and --dst")
+	}
+	if port > 65535 {
+		return fmt.Errorf("--port %d: want 0-65535", port)
+	}
+	req.Port = uint16(port)
+	resp, err := c.Trace(ctx, req)
+	if err != nil {
+		return err
+	}
+	if out == "json" {
+		return printJSON(resp)
+	}
+	fmt.Printf("%s (identity %d) -> %s (identity %d) %s/%d: %s\n", resp.Source.Name, resp.Source.Identity,
+		resp.Destination.Name, resp.Destination.Identity, strings.ToUpper(req.Protocol), req.Port, resp.Verdict)
+	for _, s := range resp.Steps {
+		rule := ""
+		if s.Rule != "" {
+			rule = ": " + s.Rule
+		}
+		fmt.Printf("  %-7s at identity %d: %s, %s%s\n", s.Direction, s.Local, s.Verdict, s.Reason, rule)
+	}
+	return nil
+}

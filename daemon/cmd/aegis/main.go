@@ -24,6 +24,9 @@ Commands:
   identity list               numeric identities and their labels
   policy get [--identity N | --endpoint CONTAINER | --pod NS/NAME]
                               compiled policy: the rules and the map entries
+  policy trace --src PEER --dst PEER [--proto TCP] --port N
+                              verdict for a connection and the rule that decides it;
+                              a PEER is NAMESPACE/POD, an IP address, world or host
   bpf endpoint list           the endpoints map, read from the pins
   bpf policy list             the policy map
   bpf ipcache list            the ipcache map
@@ -79,6 +82,8 @@ func run(ctx context.Context, argv []string) error {
 		return cmdIdentities(ctx, client, rest)
 	case "policy get":
 		return cmdPolicy(ctx, client, rest)
+	case "policy trace":
+		return cmdTrace(ctx, client, rest)
 	case "bpf endpoint list", "bpf policy list", "bpf ipcache list", "bpf ct list", "bpf counters":
 		return cmdBPF(g, cmd, rest)
 	}
