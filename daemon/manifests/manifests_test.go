@@ -56,7 +56,7 @@ func TestParseErrorsNameFileObjectField(t *testing.T) {
 		{"no name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name: required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, errs := parseFile("f.yaml", []byte(tc.doc), nil)
+			_, errs := parseFile("f.yaml", []byte(tc.doc), validators{})
 			if len(errs) == 0 {
 				t.Fatal("no error")
 			}
@@ -70,7 +70,7 @@ func TestParseErrorsNameFileObjectField(t *testing.T) {
 func TestMultiDocListAndDefaults(t *testing.T) {
 	list := "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: dev}\n"
 	cnp := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: pets}\nspec: {}\n"
-	objs, errs := parseFile("f.yaml", []byte(nsPets+"---\n# comment only\n---\n"+podWeb+"---\n"+list+"---\n"+cnp+"---\n"+strings.Replace(npDeny, "namespace: pets", "", 1)), nil)
+	objs, errs := parseFile("f.yaml", []byte(nsPets+"---\n# comment only\n---\n"+podWeb+"---\n"+list+"---\n"+cnp+"---\n"+strings.Replace(npDeny, "namespace: pets", "", 1)), validators{})
 	if len(errs) != 0 {
 		t.Fatal(errs)
 	}
@@ -84,7 +84,7 @@ func TestMultiDocListAndDefaults(t *testing.T) {
 
 func TestValidatorIsUsed(t *testing.T) {
 	v := func(np *networkingv1.NetworkPolicy) error { return errors.New("spec.ingress[0]: nope") }
-	_, errs := parseFile("f.yaml", []byte(npDeny), v)
+	_, errs := parseFile("f.yaml", []byte(npDeny), validators{networkPolicy: v})
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "NetworkPolicy pets/deny: spec.ingress[0]: nope") {
 		t.Fatalf("errs = %v", errs)
 	}
@@ -177,7 +177,7 @@ func TestLargeFile(t *testing.T) {
 		b.WriteString("---\n")
 	}
 	start := time.Now()
-	objs, errs := parseFile("big.yaml", []byte(b.String()), nil)
+	objs, errs := parseFile("big.yaml", []byte(b.String()), validators{})
 	if len(errs) != 0 || len(objs.NetworkPolicies) != 10000 {
 		t.Fatalf("%d policies, errs %v", len(objs.NetworkPolicies), errs[:min(3, len(errs))])
 	}
@@ -202,7 +202,7 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		objs, _ := parseFile("f.yaml", data, nil)
+		objs, _ := parseFile("f.yaml", data, validators{})
 		for _, np := range objs.NetworkPolicies {
 			if np.Name == "" || np.Namespace == "" {
 				t.Fatalf("accepted a policy without name or namespace: %+v", np.ObjectMeta)

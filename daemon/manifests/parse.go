@@ -49,6 +49,13 @@ func (e FileError) Error() string {
 
 func (e FileError) Unwrap() error { return e.Err }
 
+// validators are the checks other packages own (the policy compiler's),
+// run on the objects they concern.
+type validators struct {
+	networkPolicy func(*networkingv1.NetworkPolicy) error
+	other         func(*unstructured.Unstructured) error
+}
+
 // objects is what one file contributes.
 type objects struct {
 	Namespaces      []*corev1.Namespace
@@ -65,10 +72,11 @@ var laterKinds = map[string]bool{
 }
 
 type parser struct {
-	file     string
-	validate func(*networkingv1.NetworkPolicy) error
-	out      objects
-	errs     []FileError
+	file          string
+	validate      func(*networkingv1.NetworkPolicy) error
+	validateOther func(*unstructured.Unstructured) error
+	out           objects
+	errs          []FileError
 }
 
 func (p *parser) fail(object, field string, err error) {
@@ -76,8 +84,8 @@ func (p *parser) fail(object, field string, err error) {
 }
 
 // parseFile splits a file into documents and decodes each.
-func parseFile(file string, data []byte, validate func(*networkingv1.NetworkPolicy) error) (objects, []FileError) {
-	p := &parser{file: file, validate: validate}
+func parseFile(file string, data []byte, v validators) (objects, []FileError) {
+	p := &parser{file: file, validate: v.networkPolicy, validateOther: v.other}
 	r := utilyaml.NewYAMLReader(bufio.NewReaderSize(bytes.NewReader(data), 64<<10))
 	for i := 1; ; i++ {
 		doc, err := r.Read()
@@ -181,6 +189,12 @@ func (p *parser) object(where string, js []byte) {
 		if u.GetName() == "" {
 			p.fail(tm.Kind+" (unnamed)", "metadata.name", errors.New("required"))
 			return
+		}
+		if p.validateOther != nil {
+			if err := p.validateOther(u); err != nil {
+				p.fail(tm.Kind+" "+strings.TrimPrefix(u.GetNamespace()+"/"+u.GetName(), "/"), "", err)
+				return
+			}
 		}
 		p.out.Others = append(p.out.Others, u)
 	}

@@ -36,7 +36,14 @@ type Option func(*Watcher)
 // WithNetworkPolicyValidator validates NetworkPolicies with the policy
 // compiler's own rules, so what the source accepts always compiles.
 func WithNetworkPolicyValidator(v func(*networkingv1.NetworkPolicy) error) Option {
-	return func(w *Watcher) { w.validate = v }
+	return func(w *Watcher) { w.validate.networkPolicy = v }
+}
+
+// WithObjectValidator validates the kinds kept raw (CiliumNetworkPolicy and
+// the like); an object it rejects is reported and its file keeps its last
+// good content.
+func WithObjectValidator(v func(*unstructured.Unstructured) error) Option {
+	return func(w *Watcher) { w.validate.other = v }
 }
 
 // WithRescan sets the safety-net rescan period (default 10s).
@@ -52,7 +59,7 @@ type fileState struct {
 // Watcher reads the directory and follows its changes.
 type Watcher struct {
 	dir      string
-	validate func(*networkingv1.NetworkPolicy) error
+	validate validators
 	rescan   time.Duration
 	debounce time.Duration
 	files    map[string]*fileState
