@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/policy"
@@ -259,7 +262,9 @@ spec:
 		n.Apply("11-policy.yaml", webAllowClient)
 		defer n.Remove("11-policy.yaml")
 		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
 		checkCLI(t, c)
+		checkFlows(t, c)
 	})
 
 	t.Run("CHECK passes on a healthy pod", func(t *testing.T) {
@@ -431,5 +436,61 @@ func decodeJSON(t *testing.T, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("decode %q: %v", s, err)
+	}
+}
+
+// checkFlows looks for the flows of the last probes through `aegis observe`.
+func checkFlows(t *testing.T, c *cluster) {
+	t.Helper()
+	find := func(args ...string) []*flow.Flow {
+		t.Helper()
+		var out []*flow.Flow
+		deadline := time.Now().Add(3 * time.Second) // events are read every 50 ms
+		for time.Now().Before(deadline) {
+			o, err := c.n.CLI(append([]string{"observe", "-o", "json", "--last", "200"}, args...)...)
+			if err != nil {
+				t.Fatalf("aegis observe: %v\n%s", err, o)
+			}
+			out = out[:0]
+			for _, line := range strings.Split(strings.TrimSpace(o), "\n") {
+				if line == "" || !strings.HasPrefix(line, "{") {
+					continue
+				}
+				var f flow.Flow
+				if err := protojson.Unmarshal([]byte(line), &f); err != nil {
+					t.Fatalf("decode %q: %v", line, err)
+				}
+				out = append(out, &f)
+			}
+			if len(out) > 0 {
+				return out
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return out
+	}
+	drops := find("--verdict", "DROPPED", "--from-pod", "prod/other", "--to-pod", "prod/web")
+	if len(drops) == 0 {
+		t.Fatal("no DROPPED flow from prod/other to prod/web")
+	}
+	d := drops[len(drops)-1]
+	if d.GetDropReasonDesc() != flow.DropReason_POLICY_DENIED || d.GetTrafficDirection() != flow.TrafficDirection_INGRESS ||
+		d.GetL4().GetTCP().GetDestinationPort() != 8080 || d.GetDestination().GetIdentity() == 0 || d.GetNodeName() != "e2e-node" {
+		t.Errorf("drop flow: %v", d)
+	}
+	fwd := find("--verdict", "FORWARDED", "--from-pod", "prod/client", "--to-pod", "prod/web")
+	var named bool
+	for _, f := range fwd {
+		for _, p := range f.GetIngressAllowedBy() {
+			if p.GetName() == "web-allow-client" && p.GetNamespace() == "prod" {
+				named = true
+			}
+		}
+	}
+	if !named {
+		t.Errorf("no FORWARDED flow client -> web naming web-allow-client among %d", len(fwd))
+	}
+	if out, err := c.n.CLI("observe", "--verdict", "DROPPED", "--last", "3"); err != nil || !strings.Contains(out, "Policy denied DROPPED") {
+		t.Errorf("compact output: %v\n%s", err, out)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
@@ -19,6 +20,7 @@ import (
 	"github.com/aegis-cni/aegis/daemon/endpoint"
 	"github.com/aegis-cni/aegis/daemon/identity"
 	"github.com/aegis-cni/aegis/daemon/manifests"
+	"github.com/aegis-cni/aegis/daemon/observe"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
@@ -55,6 +57,9 @@ type Agent struct {
 	// write the maps and the view.
 	stateMu sync.Mutex
 	view    view
+	names   atomic.Pointer[names]
+
+	observer atomic.Pointer[observe.Observer]
 
 	// epMu serialises changes of an endpoint's registry record and map
 	// entry, so a regeneration never resurrects an endpoint a concurrent

@@ -197,6 +197,7 @@ func (a *Agent) fastAdd(ep *endpoint.Endpoint) (bool, error) {
 		return false, err
 	}
 	v.users[id]++
+	a.renameEndpoint(*ep, false)
 	a.mu.Lock()
 	a.ipcacheSize = a.ipcache.Len()
 	a.mu.Unlock()
@@ -236,6 +237,7 @@ func (a *Agent) fastDel(key string) (bool, error) {
 		}
 	}
 	v.users[ep.Identity]--
+	a.renameEndpoint(ep, true)
 	a.mu.Lock()
 	a.ipcacheSize = a.ipcache.Len()
 	a.mu.Unlock()

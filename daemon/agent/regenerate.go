@@ -165,6 +165,7 @@ func (a *Agent) regenerate() (err error) {
 
 	a.view = view{pods: pods, compiled: res, fp: fp, identities: all, byKey: byKey, named: named, ipcache: ipc,
 		background: background, users: users, entries: entries, enforce: enforce}
+	a.publishNames(&a.view, a.eps.List())
 	a.mu.Lock()
 	a.source.Applied = snap.Generation
 	a.compiled = res

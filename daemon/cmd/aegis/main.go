@@ -27,6 +27,8 @@ Commands:
   policy trace --src PEER --dst PEER [--proto TCP] --port N
                               verdict for a connection and the rule that decides it;
                               a PEER is NAMESPACE/POD, an IP address, world or host
+  observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P] [--last N] [-o compact|json]
+                              recent flows with verdicts, like hubble observe
   bpf endpoint list           the endpoints map, read from the pins
   bpf policy list             the policy map
   bpf ipcache list            the ipcache map
@@ -82,6 +84,8 @@ func run(ctx context.Context, argv []string) error {
 		return cmdIdentities(ctx, client, rest)
 	case "policy get":
 		return cmdPolicy(ctx, client, rest)
+	case "observe":
+		return cmdObserve(ctx, client, rest)
 	case "policy trace":
 		return cmdTrace(ctx, client, rest)
 	case "bpf endpoint list", "bpf policy list", "bpf ipcache list", "bpf ct list", "bpf counters":

@@ -20,6 +20,7 @@ import (
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/manifests"
+	"github.com/aegis-cni/aegis/daemon/observe"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
@@ -32,6 +33,7 @@ type options struct {
 	nodeIPs         []netip.Addr
 	logLevel        slog.Level
 	summaryInterval time.Duration
+	flowCapacity    int
 }
 
 func parseFlags(argv []string) (*options, error) {
@@ -54,6 +56,7 @@ func parseFlags(argv []string) (*options, error) {
 	fs.Func("log-level", "debug, info, warn or error (default info)", func(s string) error {
 		return o.logLevel.UnmarshalText([]byte(s))
 	})
+	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for `aegis observe`")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: aegisd --manifests DIR [flags]\n\naegisd enforces network policy on this node's pods through eBPF programs that\nthe aegis-cni plugin attaches; policy comes from a directory of Kubernetes manifests.\n\n")
@@ -61,6 +64,9 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if err := fs.Parse(argv); err != nil {
 		return nil, err
+	}
+	if o.flowCapacity < 1 {
+		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
 	}
 	if o.manifests == "" {
 		return nil, errors.New("--manifests is required (the Kubernetes API source comes with a later release)")
@@ -101,7 +107,7 @@ func run(ctx context.Context, o *options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
 	go func() {
 		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate))
@@ -113,6 +119,13 @@ func run(ctx context.Context, o *options) error {
 	}()
 	log.Info("aegisd started", "version", agent.Version, "node", o.nodeName, "bpfRoot", o.bpfRoot,
 		"socket", o.socket, "manifests", o.manifests, "nodeIPs", strings.Trim(fmt.Sprint(o.nodeIPs), "[]"))
+	obs := observe.New(a.Maps(), a, o.flowCapacity, log)
+	a.SetObserver(obs)
+	go func() {
+		if err := obs.Run(ctx); err != nil {
+			errc <- fmt.Errorf("flow observer: %w", err)
+		}
+	}()
 	go a.Run(ctx)
 	select {
 	case <-ctx.Done():

@@ -1,0 +1,140 @@
+package observe
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/aegis-cni/aegis/bpf"
+)
+
+// Stats counts what the observer saw and lost.
+type Stats struct {
+	Seen          uint64 // events decoded into flows
+	KernelLost    uint64 // events the ring had no room for
+	DecodeErrors  uint64 // records that did not decode
+	SubscriberLag uint64 // flows a slow follower missed
+	Capacity      int
+	Stored        int
+}
+
+// Observer reads the ring and keeps the last flows.
+type Observer struct {
+	maps     *bpf.Maps
+	resolver Resolver
+	log      *slog.Logger
+	clock    bpf.Clock
+
+	mu     sync.Mutex
+	ring   []*flow.Flow
+	next   uint64 // sequence number of the next flow
+	subs   map[chan *flow.Flow]struct{}
+	notify chan struct{}
+
+	seen, decodeErrs, lag atomic.Uint64
+}
+
+// New returns an observer keeping capacity flows.
+func New(maps *bpf.Maps, r Resolver, capacity int, log *slog.Logger) *Observer {
+	return &Observer{maps: maps, resolver: r, log: log, clock: bpf.NewClock(),
+		ring: make([]*flow.Flow, capacity), subs: map[chan *flow.Flow]struct{}{}}
+}
+
+// pollInterval bounds how long an event waits in the ring: the datapath
+// wakes the reader only when much is waiting, so it looks on its own.
+const pollInterval = 50 * time.Millisecond
+
+// Run reads events until ctx ends.
+func (o *Observer) Run(ctx context.Context) error {
+	rd, err := o.maps.EventReader()
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); rd.Close() }()
+	var rec ringbuf.Record
+	for {
+		rd.SetDeadline(time.Now().Add(pollInterval))
+		err := rd.ReadInto(&rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ev, err := bpf.DecodeFlowEvent(rec.RawSample, o.clock)
+		if err != nil {
+			if o.decodeErrs.Add(1) == 1 {
+				o.log.Warn("undecodable flow event", "err", err)
+			}
+			continue
+		}
+		o.add(toFlow(ev, o.resolver))
+	}
+}
+
+func (o *Observer) add(f *flow.Flow) {
+	o.seen.Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ring[o.next%uint64(len(o.ring))] = f
+	o.next++
+	for ch := range o.subs {
+		select {
+		case ch <- f:
+		default:
+			o.lag.Add(1)
+		}
+	}
+}
+
+// Last returns up to n of the most recent flows matching keep, oldest
+// first.
+func (o *Observer) Last(n int, keep func(*flow.Flow) bool) []*flow.Flow {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []*flow.Flow
+	size := uint64(len(o.ring))
+	for i := uint64(0); i < min(o.next, size) && len(out) < n; i++ {
+		f := o.ring[(o.next-1-i)%size]
+		if keep == nil || keep(f) {
+			out = append(out, f)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// Subscribe delivers new flows until cancel is called; a follower that
+// falls behind loses flows, counted in Stats.SubscriberLag.
+func (o *Observer) Subscribe(buffer int) (<-chan *flow.Flow, func()) {
+	ch := make(chan *flow.Flow, buffer)
+	o.mu.Lock()
+	o.subs[ch] = struct{}{}
+	o.mu.Unlock()
+	return ch, func() {
+		o.mu.Lock()
+		delete(o.subs, ch)
+		o.mu.Unlock()
+	}
+}
+
+// Stats reports the counters.
+func (o *Observer) Stats() Stats {
+	lost, _ := o.maps.LostEvents()
+	o.mu.Lock()
+	stored := int(min(o.next, uint64(len(o.ring))))
+	o.mu.Unlock()
+	return Stats{Seen: o.seen.Load(), KernelLost: lost, DecodeErrors: o.decodeErrs.Load(), SubscriberLag: o.lag.Load(), Capacity: len(o.ring), Stored: stored}
+}
