@@ -25,8 +25,9 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegisd ./daemon/cmd/aegisd
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis ./daemon/cmd/aegis
 
-# The CNI reference plugins the e2e chain runs in front of aegis-cni, at the
-# version go.mod pins, built once into the cache.
+# The primary plugins the e2e chains run in front of aegis-cni, built once
+# into the cache: the CNI reference plugins at the version go.mod pins, and
+# the real Azure CNI (azure-vnet v1.7.0) with its CNS stand-in.
 peers:
 	@if [ -x $(CNI_PLUGINS)/ptp ] && [ -x $(CNI_PLUGINS)/host-local ]; then \
 		echo "peers: CNI reference plugins v1.9.1 cached in $(CNI_PLUGINS)"; \
@@ -36,6 +37,7 @@ peers:
 		$(GO) build -o $(CNI_PLUGINS)/ptp github.com/containernetworking/plugins/plugins/main/ptp && \
 		$(GO) build -o $(CNI_PLUGINS)/host-local github.com/containernetworking/plugins/plugins/ipam/host-local; \
 	fi
+	@./scripts/build-azure-vnet.sh
 
 generate:
 	cd bpf && BPF_CLANG=clang $(GO) generate ./
@@ -54,6 +56,7 @@ e2e: build peers
 test: deps build peers check-generated
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	cd e2e/azurecns && $(GO) vet ./... && AZURE_VNET_BIN=$(CACHE)/azure-vnet-v1.7.0/azure-vnet $(GO) test -count=1 ./...
 
 demo: deps build peers
 	@./scripts/demo.sh

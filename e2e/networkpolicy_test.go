@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/containernetworking/cni/pkg/version"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/aegis-cni/aegis/bpf"
@@ -44,11 +45,11 @@ func newCluster(t *testing.T, opts node.Options) *cluster {
 	}, "---\n"))
 	n.StartDaemon()
 	c := &cluster{n: n}
+	c.out = n.AddOutside(t, "192.0.2.10", "192.0.2.200")
 	c.web = n.NewPod("prod", "web", map[string]string{"app": "web"})
 	c.client = n.NewPod("prod", "client", map[string]string{"app": "client"})
 	c.other = n.NewPod("prod", "other", map[string]string{"app": "other"})
 	c.devclient = n.NewPod("dev", "devclient", map[string]string{"app": "client"})
-	c.out = n.AddOutside(t, "192.0.2.10", "192.0.2.200")
 	c.web.NS.Serve(t, "tcp", c.web.Addr(8080), "web:")
 	c.web.NS.Serve(t, "tcp", c.web.Addr(9090), "web:")
 	c.web.NS.Serve(t, "udp", c.web.Addr(5353), "web:")
@@ -94,6 +95,26 @@ spec:
 
 func TestNetworkPolicyPTP(t *testing.T) {
 	c := newCluster(t, node.Options{})
+	runNetworkPolicyCases(t, c)
+}
+
+// The same cases through the real Azure CNI (azure-vnet v1.7.0, transparent
+// overlay, CNS IPAM against the stand-in): its prevResult is sparse, so
+// aegis-cni finds the host veth from the pod interface's peer.
+func TestNetworkPolicyAzure(t *testing.T) {
+	c := newCluster(t, node.AzureOptions(t))
+	if v := c.web.Result.Version(); v != "0.3.0" {
+		t.Errorf("result version %s, want 0.3.0", v)
+	}
+	eps, err := c.n.Client().Endpoints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range eps {
+		if !strings.HasPrefix(ep.HostIfName, "azv") {
+			t.Errorf("endpoint %s/%s on %s, want an azv host veth", ep.PodNamespace, ep.PodName, ep.HostIfName)
+		}
+	}
 	runNetworkPolicyCases(t, c)
 }
 
@@ -267,9 +288,21 @@ spec:
 		checkFlows(t, c)
 	})
 
-	t.Run("CHECK passes on a healthy pod", func(t *testing.T) {
-		if err := n.CheckPod(c.client); err != nil {
-			t.Errorf("CHECK: %v", err)
+	t.Run("attachments healthy, and CHECK passes where the version has it", func(t *testing.T) {
+		atts, err := bpf.ListAttachments(bpf.Paths{Root: n.BPFRoot})
+		if err != nil || len(atts) != 4 {
+			t.Fatalf("attachments: %+v %v", atts, err)
+		}
+		for _, a := range atts {
+			if a.Err != nil || a.Ifindex == 0 {
+				t.Errorf("attachment %s: ifindex %d, %v", a.ContainerID, a.Ifindex, a.Err)
+			}
+		}
+		// CHECK came with cniVersion 0.4.0; AKS's 0.3.0 conflist has none.
+		if ok, _ := version.GreaterThanOrEqualTo(n.ConfList.CNIVersion, "0.4.0"); ok {
+			if err := n.CheckPod(c.client); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
 		}
 	})
 

@@ -81,6 +81,9 @@ type Node struct {
 	DaemonLog string
 	ConfList  *libcni.NetworkConfigList
 	cni       *libcni.CNIConfig
+	azure     bool
+	// uplinkPeer is the outside host's first address, once there is one.
+	uplinkPeer string
 
 	mu     sync.Mutex
 	daemon *exec.Cmd
@@ -96,6 +99,10 @@ type Options struct {
 	ConfList string
 	// ExtraPluginDirs are searched for plugins too (azure-vnet).
 	ExtraPluginDirs []string
+
+	// Set by AzureOptions.
+	azure     bool
+	azureRoot string
 }
 
 // New creates the node namespace, a private bpffs, and the scratch
@@ -137,6 +144,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.ConfList = cl
 	dirs := append([]string{n.Bin.Aegis, n.Bin.CNIPlugins}, opts.ExtraPluginDirs...)
 	n.cni = libcni.NewCNIConfigWithCacheDir(dirs, filepath.Join(n.Dir, "cnicache"), nil)
+	n.azure = opts.azure
 	t.Cleanup(func() {
 		n.StopDaemon(syscall.SIGTERM)
 		if t.Failed() || os.Getenv("AEGIS_E2E_LOGS") != "" {

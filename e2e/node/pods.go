@@ -168,7 +168,8 @@ type Outside struct {
 // AddOutside creates an outside host; its first address is in
 // 192.0.2.0/24 (the node's uplink is 192.0.2.1), the others anywhere in
 // TEST-NET. The host routes the pod CIDR through the node. Call it once
-// per node.
+// per node, and on an Azure node before the first pod: azure-vnet finds
+// its master interface by the uplink's subnet.
 func (n *Node) AddOutside(t testing.TB, addrs ...string) *Outside {
 	t.Helper()
 	o := &Outside{NS: netns.New(t, "out"), Addrs: addrs}
@@ -181,5 +182,9 @@ func (n *Node) AddOutside(t testing.TB, addrs ...string) *Outside {
 		}
 	}
 	o.NS.MustExec(t, "ip", "route", "add", "10.244.0.0/16", "via", "192.0.2.1")
+	n.uplinkPeer = addrs[0]
+	if n.azure {
+		n.startAzure(t)
+	}
 	return o
 }
