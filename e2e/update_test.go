@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aegis-cni/aegis/e2e/node"
+)
+
+// Replacing a policy never opens a window: during 100 replacements that
+// alternate between two policies, a flow neither allows never passes and a
+// flow both allow never fails.
+func TestPolicyReplacementUnderTraffic(t *testing.T) {
+	c := newCluster(t, node.Options{})
+	a := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+`
+	b := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 8080}]
+  - from: [{podSelector: {matchLabels: {app: other}}}]
+    ports: [{port: 9090}]
+`
+	c.n.Apply("10.yaml", a)
+	ctx, cancel := context.WithCancel(context.Background())
+	var forbiddenPassed, allowedFailed, probes atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // neither policy lets other reach 8080
+		defer wg.Done()
+		for ctx.Err() == nil {
+			probes.Add(1)
+			if c.other.NS.Probe("tcp", c.web.Addr(8080), 150*time.Millisecond) == nil {
+				forbiddenPassed.Add(1)
+			}
+		}
+	}()
+	go func() { // both let client reach 8080
+		defer wg.Done()
+		for ctx.Err() == nil {
+			probes.Add(1)
+			if err := c.client.NS.Probe("tcp", c.web.Addr(8080), 2*time.Second); err != nil {
+				allowedFailed.Add(1)
+				t.Logf("allowed probe failed: %v", err)
+			}
+		}
+	}()
+	for i := range 100 {
+		if i%2 == 0 {
+			c.n.Apply("10.yaml", b)
+		} else {
+			c.n.Apply("10.yaml", a)
+		}
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("%d probes during 100 replacements", probes.Load())
+	if n := forbiddenPassed.Load(); n != 0 {
+		t.Errorf("a flow neither policy allows passed %d times", n)
+	}
+	if n := allowedFailed.Load(); n != 0 {
+		t.Errorf("a flow both policies allow failed %d times", n)
+	}
+	if probes.Load() < 100 {
+		t.Errorf("only %d probes ran", probes.Load())
+	}
+}
