@@ -12,7 +12,12 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/cilium/cilium/api/v1/observer"
 	"github.com/containernetworking/cni/pkg/version"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/aegis-cni/aegis/bpf"
@@ -526,4 +531,77 @@ func checkFlows(t *testing.T, c *cluster) {
 	if out, err := c.n.CLI("observe", "--verdict", "DROPPED", "--last", "3"); err != nil || !strings.Contains(out, "Policy denied DROPPED") {
 		t.Errorf("compact output: %v\n%s", err, out)
 	}
+	checkHubble(t, c)
+}
+
+// checkHubble asks the Hubble Observer API what `hubble observe
+// --verdict DROPPED --to-pod prod/web` asks.
+func checkHubble(t *testing.T, c *cluster) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+c.n.HubbleSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl := observer.NewObserverClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	get := func(req *observer.GetFlowsRequest) []*flow.Flow {
+		t.Helper()
+		stream, err := cl.GetFlows(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*flow.Flow
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return out
+			}
+			out = append(out, resp.GetFlow())
+		}
+	}
+	drops := get(&observer.GetFlowsRequest{Number: 100, Whitelist: []*flow.FlowFilter{{
+		Verdict: []flow.Verdict{flow.Verdict_DROPPED}, DestinationPod: []string{"prod/web"}, SourcePod: []string{"prod/oth"},
+	}}})
+	if len(drops) == 0 || drops[0].GetDropReasonDesc() != flow.DropReason_POLICY_DENIED {
+		t.Errorf("hubble GetFlows DROPPED to prod/web: %d flows %v", len(drops), drops)
+	}
+	for _, f := range drops {
+		if f.GetVerdict() != flow.Verdict_DROPPED || f.GetDestination().GetPodName() != "web" {
+			t.Errorf("filter let through %v", f)
+		}
+	}
+	// Blacklisting everything dropped leaves only forwarded flows.
+	fwd := get(&observer.GetFlowsRequest{Number: 100, Blacklist: []*flow.FlowFilter{{Verdict: []flow.Verdict{flow.Verdict_DROPPED}}},
+		Whitelist: []*flow.FlowFilter{{Protocol: []string{"tcp"}, DestinationPort: []string{"8080"}}}})
+	for _, f := range fwd {
+		if f.GetVerdict() != flow.Verdict_FORWARDED {
+			t.Errorf("blacklist let through %v", f)
+		}
+	}
+	if len(fwd) == 0 {
+		t.Error("no forwarded TCP 8080 flows")
+	}
+	if _, err := invalidFilter(ctx, cl); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("an invalid filter: %v, want InvalidArgument", err)
+	}
+	st, err := cl.ServerStatus(ctx, &observer.ServerStatusRequest{})
+	if err != nil || st.GetSeenFlows() == 0 || st.GetMaxFlows() == 0 {
+		t.Errorf("ServerStatus: %v %v", st, err)
+	}
+	nodes, err := cl.GetNodes(ctx, &observer.GetNodesRequest{})
+	if err != nil || len(nodes.GetNodes()) != 1 || nodes.GetNodes()[0].GetName() != "e2e-node" {
+		t.Errorf("GetNodes: %v %v", nodes, err)
+	}
+}
+
+// invalidFilter reads the first answer of a request with a bad filter:
+// the error arrives with it.
+func invalidFilter(ctx context.Context, cl observer.ObserverClient) (*observer.GetFlowsResponse, error) {
+	stream, err := cl.GetFlows(ctx, &observer.GetFlowsRequest{Whitelist: []*flow.FlowFilter{{SourceIp: []string{"not-an-ip"}}}})
+	if err != nil {
+		return nil, err
+	}
+	return stream.Recv()
 }

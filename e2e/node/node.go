@@ -69,19 +69,21 @@ func moduleRoot(t testing.TB) string {
 
 // Node is one namespace node.
 type Node struct {
-	t         testing.TB
-	Bin       Binaries
-	NS        *netns.NS
-	Dir       string // scratch: state, manifests, logs, CNI cache
-	BPFRoot   string
-	StateDir  string
-	Socket    string
-	Manifests string
-	CNILog    string
-	DaemonLog string
-	ConfList  *libcni.NetworkConfigList
-	cni       *libcni.CNIConfig
-	azure     bool
+	t        testing.TB
+	Bin      Binaries
+	NS       *netns.NS
+	Dir      string // scratch: state, manifests, logs, CNI cache
+	BPFRoot  string
+	StateDir string
+	Socket   string
+	// HubbleSocket serves the Hubble Observer API.
+	HubbleSocket string
+	Manifests    string
+	CNILog       string
+	DaemonLog    string
+	ConfList     *libcni.NetworkConfigList
+	cni          *libcni.CNIConfig
+	azure        bool
 	// uplinkPeer is the outside host's first address, once there is one.
 	uplinkPeer string
 
@@ -115,6 +117,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.BPFRoot = netns.BPFRoot(t)
 	n.StateDir = filepath.Join(n.Dir, "state")
 	n.Socket = filepath.Join(n.Dir, "run", "aegisd.sock")
+	n.HubbleSocket = filepath.Join(n.Dir, "run", "hubble.sock")
 	n.Manifests = filepath.Join(n.Dir, "manifests")
 	n.CNILog = filepath.Join(n.Dir, "cni.log")
 	n.DaemonLog = filepath.Join(n.Dir, "aegisd.log")
@@ -187,7 +190,8 @@ func (n *Node) StartDaemon(extraArgs ...string) {
 	}
 	args := append([]string{"--net=" + n.NS.Path, filepath.Join(n.Bin.Aegis, "aegisd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--manifests", n.Manifests, "--node-name", "e2e-node", "--log-level", "debug"}, extraArgs...)
+		"--manifests", n.Manifests, "--node-name", "e2e-node", "--log-level", "debug",
+		"--hubble-socket", n.HubbleSocket}, extraArgs...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logF, logF
 	if err := cmd.Start(); err != nil {

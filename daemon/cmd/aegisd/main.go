@@ -19,6 +19,7 @@ import (
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/hubble"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
 	"github.com/aegis-cni/aegis/daemon/policy"
@@ -34,6 +35,7 @@ type options struct {
 	logLevel        slog.Level
 	summaryInterval time.Duration
 	flowCapacity    int
+	hubbleSocket    string
 }
 
 func parseFlags(argv []string) (*options, error) {
@@ -56,6 +58,7 @@ func parseFlags(argv []string) (*options, error) {
 	fs.Func("log-level", "debug, info, warn or error (default info)", func(s string) error {
 		return o.logLevel.UnmarshalText([]byte(s))
 	})
+	fs.StringVar(&o.hubbleSocket, "hubble-socket", hubble.DefaultSocket, "unix socket of the Hubble Observer API (root only); empty disables it")
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for `aegis observe`")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.Usage = func() {
@@ -107,7 +110,7 @@ func run(ctx context.Context, o *options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
 	go func() {
 		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate))
@@ -126,6 +129,14 @@ func run(ctx context.Context, o *options) error {
 			errc <- fmt.Errorf("flow observer: %w", err)
 		}
 	}()
+	if o.hubbleSocket != "" {
+		srv := hubble.NewServer(obs, o.nodeName, agent.Version)
+		go func() {
+			if err := srv.Serve(ctx, o.hubbleSocket); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	go a.Run(ctx)
 	select {
 	case <-ctx.Done():

@@ -1,0 +1,168 @@
+package hubble
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/cilium/cilium/api/v1/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/aegis-cni/aegis/daemon/observe"
+)
+
+// DefaultSocket is where aegisd serves the Observer API on a node.
+const DefaultSocket = "/var/run/aegis/hubble.sock"
+
+// Server implements Hubble's Observer service over the observer's flows.
+type Server struct {
+	observer.UnimplementedObserverServer
+	flows   *observe.Observer
+	node    string
+	version string
+	started time.Time
+}
+
+// NewServer returns the Observer service of this node.
+func NewServer(flows *observe.Observer, node, version string) *Server {
+	return &Server{flows: flows, node: node, version: version, started: time.Now()}
+}
+
+// Serve listens on a root-only unix socket until ctx ends.
+func (s *Server) Serve(ctx context.Context, socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
+		return fmt.Errorf("create hubble socket directory: %w", err)
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", socket, err)
+	}
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("restrict socket %s: %w", socket, err)
+	}
+	g := grpc.NewServer()
+	observer.RegisterObserverServer(g, s)
+	go func() { <-ctx.Done(); g.Stop() }()
+	if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve hubble API on %s: %w", socket, err)
+	}
+	return nil
+}
+
+// GetFlows sends stored flows that pass the filters (the last `number`, or
+// the first with `first`, within since/until), then, with follow, new
+// ones as they come.
+func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStreamingServer[observer.GetFlowsResponse]) error {
+	wl, err := compileFilters(req.GetWhitelist())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "whitelist: %v", err)
+	}
+	bl, err := compileFilters(req.GetBlacklist())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "blacklist: %v", err)
+	}
+	since, until := req.GetSince(), req.GetUntil()
+	keep := func(f *flow.Flow) bool {
+		if since != nil && f.GetTime().AsTime().Before(since.AsTime()) {
+			return false
+		}
+		if until != nil && f.GetTime().AsTime().After(until.AsTime()) {
+			return false
+		}
+		return (len(wl) == 0 || wl.any(f)) && !bl.any(f)
+	}
+	// Subscribe first so nothing falls between history and the stream.
+	var live <-chan *flow.Flow
+	if req.GetFollow() {
+		ch, cancel := s.flows.Subscribe(4096)
+		defer cancel()
+		live = ch
+	}
+	st := s.flows.Stats()
+	history := s.flows.Last(st.Capacity, keep)
+	if n := int(req.GetNumber()); n > 0 && n < len(history) {
+		if req.GetFirst() {
+			history = history[:n]
+		} else {
+			history = history[len(history)-n:]
+		}
+	} else if req.GetNumber() == 0 && req.GetFollow() && since == nil {
+		history = nil // follow alone streams new flows only
+	}
+	sent := make(map[*flow.Flow]bool, len(history))
+	for _, f := range history {
+		if err := s.send(stream, f); err != nil {
+			return err
+		}
+		sent[f] = true
+	}
+	if live == nil {
+		return nil
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case f := <-live:
+			if sent[f] || !keep(f) {
+				continue
+			}
+			if until != nil && f.GetTime().AsTime().After(until.AsTime()) {
+				return nil
+			}
+			if err := s.send(stream, f); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Server) send(stream grpc.ServerStreamingServer[observer.GetFlowsResponse], f *flow.Flow) error {
+	return stream.Send(&observer.GetFlowsResponse{
+		ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f},
+		NodeName:      s.node,
+		Time:          f.GetTime(),
+	})
+}
+
+// ServerStatus reports the flow buffer and what was seen and lost.
+func (s *Server) ServerStatus(context.Context, *observer.ServerStatusRequest) (*observer.ServerStatusResponse, error) {
+	st := s.flows.Stats()
+	up := time.Since(s.started)
+	return &observer.ServerStatusResponse{
+		NumFlows:            uint64(st.Stored),
+		MaxFlows:            uint64(st.Capacity),
+		SeenFlows:           st.Seen,
+		UptimeNs:            uint64(up),
+		NumConnectedNodes:   wrapperspb.UInt32(1),
+		NumUnavailableNodes: wrapperspb.UInt32(0),
+		Version:             "aegis " + s.version,
+		FlowsRate:           float64(st.Seen) / up.Seconds(),
+	}, nil
+}
+
+// GetNodes lists this node: aegisd serves one node; hubble-relay joins them.
+func (s *Server) GetNodes(context.Context, *observer.GetNodesRequest) (*observer.GetNodesResponse, error) {
+	st := s.flows.Stats()
+	return &observer.GetNodesResponse{Nodes: []*observer.Node{{
+		Name:      s.node,
+		Version:   "aegis " + s.version,
+		State:     0, // NODE_CONNECTED
+		UptimeNs:  uint64(time.Since(s.started)),
+		NumFlows:  uint64(st.Stored),
+		MaxFlows:  uint64(st.Capacity),
+		SeenFlows: st.Seen,
+	}}}, nil
+}
