@@ -1,9 +1,9 @@
 // Package manifests is the standalone source of truth: a directory of
-// Kubernetes YAML manifests (Namespaces, Pods, NetworkPolicies, and the
-// kinds later features read), parsed strictly, validated, and watched for
-// changes. A file that fails keeps contributing its last good content, so
-// a typo never takes policy away; the rejection names the file, the object
-// and the field.
+// Kubernetes YAML manifests (Namespaces, Pods, NetworkPolicies, Services,
+// EndpointSlices, and the kinds later features read), parsed strictly,
+// validated, and watched for changes. A file that fails keeps contributing
+// its last good content, so a typo never takes policy away; the rejection
+// names the file, the object and the field.
 package manifests
 
 import (
@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -61,6 +62,8 @@ type objects struct {
 	Namespaces      []*corev1.Namespace
 	Pods            []*corev1.Pod
 	NetworkPolicies []*networkingv1.NetworkPolicy
+	Services        []*corev1.Service
+	EndpointSlices  []*discoveryv1.EndpointSlice
 	Others          []*unstructured.Unstructured
 }
 
@@ -176,9 +179,29 @@ func (p *parser) object(where string, js []byte) {
 				p.out.NetworkPolicies = append(p.out.NetworkPolicies, np)
 			}
 		}
+	case "v1/Service":
+		svc := &corev1.Service{}
+		if name, ok := p.decode(where, "Service", js, svc); ok {
+			if svc.Namespace == "" {
+				svc.Namespace = "default"
+			}
+			if p.validateService(name, svc) {
+				p.out.Services = append(p.out.Services, svc)
+			}
+		}
+	case "discovery.k8s.io/v1/EndpointSlice":
+		es := &discoveryv1.EndpointSlice{}
+		if name, ok := p.decode(where, "EndpointSlice", js, es); ok {
+			if es.Namespace == "" {
+				es.Namespace = "default"
+			}
+			if p.validateEndpointSlice(name, es) {
+				p.out.EndpointSlices = append(p.out.EndpointSlices, es)
+			}
+		}
 	default:
 		if !laterKinds[gvk] {
-			p.fail(where, "", fmt.Errorf("unsupported kind %s %s (want v1 Namespace, Pod, List, networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, acn.azure.com/v1alpha1 ContainerNetworkLog)", tm.APIVersion, tm.Kind))
+			p.fail(where, "", fmt.Errorf("unsupported kind %s %s (want v1 Namespace, Pod, Service, List, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, acn.azure.com/v1alpha1 ContainerNetworkLog)", tm.APIVersion, tm.Kind))
 			return
 		}
 		u := &unstructured.Unstructured{}
@@ -335,4 +358,50 @@ func (p *parser) validateNetworkPolicy(name string, np *networkingv1.NetworkPoli
 		return false
 	}
 	return true
+}
+
+func (p *parser) validateService(name string, svc *corev1.Service) bool {
+	ok := p.validateMeta(name, &svc.ObjectMeta, true)
+	checkIP := func(field, s string) {
+		if s == "" || s == corev1.ClusterIPNone {
+			return
+		}
+		if _, err := netip.ParseAddr(s); err != nil {
+			p.fail(name, field, fmt.Errorf("invalid IP %q", s))
+			ok = false
+		}
+	}
+	checkIP("spec.clusterIP", svc.Spec.ClusterIP)
+	for i, ip := range svc.Spec.ClusterIPs {
+		checkIP(fmt.Sprintf("spec.clusterIPs[%d]", i), ip)
+	}
+	for i, sp := range svc.Spec.Ports {
+		if sp.Port < 1 || sp.Port > 65535 {
+			p.fail(name, fmt.Sprintf("spec.ports[%d].port", i), fmt.Errorf("%d: must be 1-65535", sp.Port))
+			ok = false
+		}
+	}
+	return ok
+}
+
+func (p *parser) validateEndpointSlice(name string, es *discoveryv1.EndpointSlice) bool {
+	ok := p.validateMeta(name, &es.ObjectMeta, true)
+	for i, ep := range es.Endpoints {
+		for j, a := range ep.Addresses {
+			if es.AddressType == discoveryv1.AddressTypeFQDN {
+				continue
+			}
+			if _, err := netip.ParseAddr(a); err != nil {
+				p.fail(name, fmt.Sprintf("endpoints[%d].addresses[%d]", i, j), fmt.Errorf("invalid IP %q", a))
+				ok = false
+			}
+		}
+	}
+	for i, ep := range es.Ports {
+		if ep.Port != nil && (*ep.Port < 1 || *ep.Port > 65535) {
+			p.fail(name, fmt.Sprintf("ports[%d].port", i), fmt.Errorf("%d: must be 1-65535", *ep.Port))
+			ok = false
+		}
+	}
+	return ok
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -23,6 +24,10 @@ type Snapshot struct {
 	Namespaces      []*corev1.Namespace
 	Pods            []*corev1.Pod
 	NetworkPolicies []*networkingv1.NetworkPolicy
+	// Services and EndpointSlices let the datapath judge a ClusterIP by the
+	// pods behind it.
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
 	// Others are kinds later features read (CiliumNetworkPolicy,
 	// CiliumClusterwideNetworkPolicy, ContainerNetworkLog), kept raw.
 	Others []*unstructured.Unstructured
@@ -222,6 +227,16 @@ func (w *Watcher) scan() (*Snapshot, []FileError, bool, error) {
 				merged.NetworkPolicies = append(merged.NetworkPolicies, o)
 			}
 		}
+		for _, o := range st.good.Services {
+			if add("Service", o.Namespace, o.Name) {
+				merged.Services = append(merged.Services, o)
+			}
+		}
+		for _, o := range st.good.EndpointSlices {
+			if add("EndpointSlice", o.Namespace, o.Name) {
+				merged.EndpointSlices = append(merged.EndpointSlices, o)
+			}
+		}
 		for _, o := range st.good.Others {
 			if add(o.GetKind(), o.GetNamespace(), o.GetName()) {
 				merged.Others = append(merged.Others, o)
@@ -239,6 +254,7 @@ func (w *Watcher) scan() (*Snapshot, []FileError, bool, error) {
 	}
 	return &Snapshot{
 		Namespaces: merged.Namespaces, Pods: merged.Pods, NetworkPolicies: merged.NetworkPolicies,
+		Services: merged.Services, EndpointSlices: merged.EndpointSlices,
 		Others: merged.Others, Generation: w.gen,
 	}, errs, changed, nil
 }
