@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/aegis-cni/aegis/daemon/identity"
 	"github.com/aegis-cni/aegis/daemon/manifests"
@@ -19,6 +20,25 @@ type podIndex struct {
 	pods     map[string]*corev1.Pod // by namespace/name
 	remote   []*corev1.Pod          // pods with addresses (remote, or not yet local)
 	cidrs    []netip.Prefix         // prefixes the policies need identities for
+	services []service              // ClusterIP services with their backends
+}
+
+// service is a ClusterIP service and the endpoints behind it.
+type service struct {
+	name       string // namespace/name
+	clusterIPs []netip.Addr
+	ports      []servicePort
+}
+
+type servicePort struct {
+	proto    uint8
+	port     uint16
+	backends []backend
+}
+
+type backend struct {
+	addr netip.Addr
+	port uint16
 }
 
 func newPodIndex(snap *manifests.Snapshot) *podIndex {
@@ -33,7 +53,73 @@ func newPodIndex(snap *manifests.Snapshot) *podIndex {
 		}
 	}
 	x.cidrs = policy.CIDRs(snap.NetworkPolicies)
+	x.services = servicesOf(snap)
 	return x
+}
+
+// servicesOf pairs each ClusterIP service with its EndpointSlices: a
+// service port leads to every ready endpoint address on the slice port of
+// the same name.
+func servicesOf(snap *manifests.Snapshot) []service {
+	slices := map[string][]*discoveryv1.EndpointSlice{}
+	for _, es := range snap.EndpointSlices {
+		if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
+			slices[es.Namespace+"/"+svc] = append(slices[es.Namespace+"/"+svc], es)
+		}
+	}
+	var out []service
+	for _, svc := range snap.Services {
+		var ips []netip.Addr
+		for _, s := range append([]string{svc.Spec.ClusterIP}, svc.Spec.ClusterIPs...) {
+			if ip, err := netip.ParseAddr(s); err == nil && !slicesContains(ips, ip) {
+				ips = append(ips, ip)
+			}
+		}
+		if len(ips) == 0 {
+			continue // headless: clients reach the pods' own addresses
+		}
+		name := svc.Namespace + "/" + svc.Name
+		s := service{name: name, clusterIPs: ips}
+		for _, sp := range svc.Spec.Ports {
+			p := servicePort{proto: protoOf(sp.Protocol), port: uint16(sp.Port)}
+			for _, es := range slices[name] {
+				for _, ep := range es.Ports {
+					if ep.Port == nil || derefString(ep.Name) != sp.Name {
+						continue
+					}
+					for _, e := range es.Endpoints {
+						if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+							continue
+						}
+						for _, a := range e.Addresses {
+							if ip, err := netip.ParseAddr(a); err == nil {
+								p.backends = append(p.backends, backend{addr: ip, port: uint16(*ep.Port)})
+							}
+						}
+					}
+				}
+			}
+			s.ports = append(s.ports, p)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func derefString(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func slicesContains(ips []netip.Addr, ip netip.Addr) bool {
+	for _, x := range ips {
+		if x == ip {
+			return true
+		}
+	}
+	return false
 }
 
 // labels is the identity label set of a pod: namespace, pod labels and

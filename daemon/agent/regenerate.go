@@ -89,7 +89,11 @@ func (a *Agent) regenerate() (err error) {
 		namedByKey[l.Key()] = append(namedByKey[l.Key()], pods.namedPorts(p.Namespace, p.Name)...)
 	}
 
-	byKey, all, err := a.ids.Sync(labels, pods.cidrs)
+	var svcNames []string
+	for _, svc := range pods.services {
+		svcNames = append(svcNames, svc.name)
+	}
+	byKey, all, err := a.ids.Sync(labels, pods.cidrs, svcNames)
 	if err != nil {
 		return err
 	}
@@ -108,6 +112,11 @@ func (a *Agent) regenerate() (err error) {
 	for _, ip := range a.nodeIPs() {
 		ipc[netip.PrefixFrom(ip, ip.BitLen())] = policy.IdentityHost
 		background[ip] = policy.IdentityHost
+	}
+	for _, svc := range pods.services {
+		for _, ip := range svc.clusterIPs {
+			ipc[netip.PrefixFrom(ip, ip.BitLen())] = byKey[identity.ServiceKey(svc.name)]
+		}
 	}
 	users := map[uint32]int{}
 	epIdentity := make([]uint32, len(eps))
@@ -138,6 +147,7 @@ func (a *Agent) regenerate() (err error) {
 		if err != nil {
 			return fmt.Errorf("compile policy: %w", err)
 		}
+		res.AddServices(serviceBackends(pods.services, byKey, ipc))
 		entries, enforce = flatten(res)
 	}
 
@@ -257,6 +267,29 @@ func (a *Agent) nodeIPs() []netip.Addr {
 				out = append(out, ip.Unmap())
 			}
 		}
+	}
+	return out
+}
+
+// serviceBackends gives each service port's backends their identities.
+// A backend address is a pod's (its /32 in the ipcache) or outside the
+// cluster (world).
+func serviceBackends(svcs []service, byKey map[string]uint32, ipc map[netip.Prefix]uint32) []policy.Service {
+	var out []policy.Service
+	for _, svc := range svcs {
+		ps := policy.Service{Identity: byKey[identity.ServiceKey(svc.name)]}
+		for _, sp := range svc.ports {
+			p := policy.ServicePort{Proto: sp.proto, Port: sp.port}
+			for _, b := range sp.backends {
+				id, ok := ipc[netip.PrefixFrom(b.addr, b.addr.BitLen())]
+				if !ok {
+					id = policy.IdentityWorld
+				}
+				p.Backends = append(p.Backends, policy.ServiceBackend{Identity: id, Port: b.port})
+			}
+			ps.Ports = append(ps.Ports, p)
+		}
+		out = append(out, ps)
 	}
 	return out
 }

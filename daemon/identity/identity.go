@@ -49,18 +49,20 @@ var Reserved = []policy.Identity{
 }
 
 type record struct {
-	ID     uint32        `json:"id"`
-	Labels *Labels       `json:"labels,omitempty"`
-	CIDR   *netip.Prefix `json:"cidr,omitempty"`
+	ID      uint32        `json:"id"`
+	Labels  *Labels       `json:"labels,omitempty"`
+	CIDR    *netip.Prefix `json:"cidr,omitempty"`
+	Service string        `json:"service,omitempty"`
 }
 
 // Allocator maps label sets and prefixes to identities.
 type Allocator struct {
-	mu       sync.Mutex
-	path     string
-	byKey    map[string]record
-	nextPod  uint32
-	nextCIDR uint32
+	mu          sync.Mutex
+	path        string
+	byKey       map[string]record
+	nextPod     uint32
+	nextCIDR    uint32
+	nextService uint32
 	// numbers and all are derived from byKey, rebuilt only on change.
 	numbers map[string]uint32
 	all     []policy.Identity
@@ -68,7 +70,7 @@ type Allocator struct {
 
 // NewAllocator loads the allocations persisted at path (if any).
 func NewAllocator(path string) (*Allocator, error) {
-	a := &Allocator{path: path, byKey: map[string]record{}, nextPod: policy.FirstPodIdentity, nextCIDR: policy.FirstCIDRIdentity}
+	a := &Allocator{path: path, byKey: map[string]record{}, nextPod: policy.FirstPodIdentity, nextCIDR: policy.FirstCIDRIdentity, nextService: FirstServiceIdentity}
 	var recs []record
 	if _, err := state.ReadJSON(path, &recs); err != nil {
 		return nil, fmt.Errorf("load identities: %w", err)
@@ -81,6 +83,9 @@ func NewAllocator(path string) (*Allocator, error) {
 		case r.CIDR != nil:
 			a.byKey[cidrKey(*r.CIDR)] = r
 			a.nextCIDR = max(a.nextCIDR, r.ID+1)
+		case r.Service != "":
+			a.byKey[ServiceKey(r.Service)] = r
+			a.nextService = max(a.nextService, r.ID+1)
 		}
 	}
 	return a, nil
@@ -88,12 +93,21 @@ func NewAllocator(path string) (*Allocator, error) {
 
 func cidrKey(p netip.Prefix) string { return "cidr=" + p.Masked().String() }
 
+// FirstServiceIdentity is the first number handed to a ClusterIP service.
+// Service identities are not policy peers (no selector selects them); the
+// ipcache maps a ClusterIP to one so the datapath can judge traffic to it
+// by the pods behind it.
+const FirstServiceIdentity uint32 = 1 << 23
+
+// ServiceKey is the key Sync's result uses for a service "namespace/name".
+func ServiceKey(nsName string) string { return "service=" + nsName }
+
 // Sync makes the allocator hold exactly the given label sets and prefixes:
 // known ones keep their numbers, new ones get fresh numbers, the rest are
 // released. It returns the number of every key, and every identity held
 // (reserved ones included, ordered by number) for the compiler; both are
 // persisted when anything changed.
-func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32, []policy.Identity, error) {
+func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix, services []string) (map[string]uint32, []policy.Identity, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	want := make(map[string]record, len(pods)+len(cidrs))
@@ -126,6 +140,19 @@ func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32
 		}
 		want[k] = r
 	}
+	for _, svc := range services {
+		k := ServiceKey(svc)
+		if _, ok := want[k]; ok {
+			continue
+		}
+		r, ok := a.byKey[k]
+		if !ok {
+			r = record{ID: a.nextService, Service: svc}
+			a.nextService++
+			changed = true
+		}
+		want[k] = r
+	}
 	if len(want) != len(a.byKey) {
 		changed = true
 	}
@@ -149,10 +176,14 @@ func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix) (map[string]uint32
 // CIDRKey is the key Sync's result uses for a prefix.
 func CIDRKey(p netip.Prefix) string { return cidrKey(p) }
 
-// identities lists every identity held, reserved ones included.
+// identities lists every identity policy can name (reserved, pods,
+// CIDRs); service identities are left out.
 func (a *Allocator) identities() []policy.Identity {
 	out := slices.Clone(Reserved)
 	for _, r := range a.byKey {
+		if r.Service != "" {
+			continue
+		}
 		id := policy.Identity{ID: r.ID}
 		if r.Labels != nil {
 			id.Namespace = r.Labels.Namespace

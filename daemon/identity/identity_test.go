@@ -17,7 +17,7 @@ func TestStableAcrossRestartsAndNeverReused(t *testing.T) {
 	web := Labels{Namespace: "pets", Pod: map[string]string{"app": "web"}, NamespaceLabels: map[string]string{"team": "a"}}
 	db := Labels{Namespace: "pets", Pod: map[string]string{"app": "db"}}
 	cidr := netip.MustParsePrefix("192.0.2.7/24") // host bits are masked
-	nums, all, err := a.Sync([]Labels{web, db, web}, []netip.Prefix{cidr})
+	nums, all, err := a.Sync([]Labels{web, db, web}, []netip.Prefix{cidr}, []string{"pets/web"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,6 +26,9 @@ func TestStableAcrossRestartsAndNeverReused(t *testing.T) {
 	}
 	if nums[CIDRKey(cidr)] != policy.FirstCIDRIdentity {
 		t.Errorf("cidr number: %v", nums)
+	}
+	if nums[ServiceKey("pets/web")] != FirstServiceIdentity {
+		t.Errorf("service number: %v", nums)
 	}
 	if len(all) != len(Reserved)+3 {
 		t.Errorf("all: %d identities", len(all))
@@ -42,11 +45,11 @@ func TestStableAcrossRestartsAndNeverReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nums, _, _ = b.Sync([]Labels{db}, nil)
+	nums, _, _ = b.Sync([]Labels{db}, nil, nil)
 	if nums[db.Key()] != policy.FirstPodIdentity+1 {
 		t.Errorf("after restart db = %d", nums[db.Key()])
 	}
-	nums, _, _ = b.Sync([]Labels{db, web}, nil)
+	nums, _, _ = b.Sync([]Labels{db, web}, nil, nil)
 	if nums[web.Key()] == policy.FirstPodIdentity {
 		t.Errorf("released number %d reused", nums[web.Key()])
 	}
