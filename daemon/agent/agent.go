@@ -134,11 +134,11 @@ func (a *Agent) Maps() *bpf.Maps { return a.dp.Maps }
 // ApplySnapshot takes a new desired state from the source. Rejected files
 // keep their last good content inside the snapshot (the source does that);
 // here they are only recorded for status.
-func (a *Agent) ApplySnapshot(ctx context.Context, snap *manifests.Snapshot, rejected []manifests.FileError, location string) error {
+func (a *Agent) ApplySnapshot(ctx context.Context, snap *manifests.Snapshot, rejected []manifests.FileError, kind, location string) error {
 	a.mu.Lock()
 	a.snap = snap
 	a.rejected = rejected
-	a.source = api.SourceStatus{Kind: "manifests", Location: location, Generation: snap.Generation, Applied: a.source.Applied, Policies: len(snap.NetworkPolicies)}
+	a.source = api.SourceStatus{Kind: kind, Location: location, Generation: snap.Generation, Applied: a.source.Applied, Policies: len(snap.NetworkPolicies)}
 	for _, r := range rejected {
 		a.source.Rejected = append(a.source.Rejected, r.Error())
 	}

@@ -305,7 +305,9 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	if o := other(s, "CiliumNetworkPolicy", "pets", "db-egress"); o == nil || o.GetAPIVersion() != "cilium.io/v2" || len(o.GetManagedFields()) != 0 {
 		t.Errorf("CiliumNetworkPolicy db-egress: %+v", o)
 	}
-	if !slices.ContainsFunc(s.Services, func(o *corev1.Service) bool { return o.Namespace == "pets" && o.Name == "web" && o.Spec.ClusterIP != "" }) ||
+	if !slices.ContainsFunc(s.Services, func(o *corev1.Service) bool {
+		return o.Namespace == "pets" && o.Name == "web" && o.Spec.ClusterIP != ""
+	}) ||
 		!slices.ContainsFunc(s.Services, func(o *corev1.Service) bool { return o.Namespace == "default" && o.Name == "kubernetes" }) {
 		t.Errorf("services: %v", s.Services)
 	}
@@ -461,3 +463,33 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestSourceFindsLateCRDs: a cluster may get the Cilium CRDs after aegisd
+// starts; the source starts without them and picks them up.
+func TestSourceFindsLateCRDs(t *testing.T) {
+	c := kube.Start(t, kube.Options{CRDDir: t.TempDir(), Namespaces: []string{"pets"}})
+	src, err := New(c.Config, WithCRDPoll(100*time.Millisecond), WithDebounce(20*time.Millisecond),
+		WithLogger(slog.New(slog.NewTextHandler(testWriter{t}, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &watcher{t: t, src: src, ch: make(chan update, 64)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- src.Run(ctx, func(s *manifests.Snapshot, errs []manifests.FileError) { w.ch <- update{s, errs} })
+	}()
+	defer func() { cancel(); <-done }()
+
+	if u := w.until("first snapshot", func(update) bool { return true }); len(u.snap.Others) != 0 {
+		t.Fatalf("others without CRDs: %s", describe(u.snap))
+	}
+	c.InstallCRDs(t, kube.CRDFile("ciliumnetworkpolicies.cilium.io.yaml"))
+	if _, err := c.Dynamic.Resource(CiliumNetworkPolicies).Namespace("pets").Create(context.Background(), cnp("late"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u := w.until("CNP after its CRD", func(u update) bool { return other(u.snap, "CiliumNetworkPolicy", "pets", "db-egress") != nil })
+	if u.snap.Generation != 2 {
+		t.Errorf("generation %d, want 2", u.snap.Generation)
+	}
+}

@@ -54,7 +54,8 @@ type Options struct {
 	// the API is up.
 	Namespaces []string
 	// CRDDir holds the CustomResourceDefinitions to install (every .yaml
-	// file in it). Default: conf/crds of this repository.
+	// file in it; an empty directory installs none). Default: conf/crds of
+	// this repository.
 	CRDDir string
 	// Authorization is the API server's --authorization-mode (default
 	// RBAC; the admin user is in system:masters either way).
@@ -246,7 +247,14 @@ func Start(t testing.TB, opts Options) *Cluster {
 		c.dumpLogs(t)
 		t.Fatalf("kube-apiserver not ready: %v", err)
 	}
-	if err := c.installCRDs(ctx, opts.CRDDir); err != nil {
+	crds, err := filepath.Glob(filepath.Join(opts.CRDDir, "*.yaml"))
+	if err == nil {
+		_, err = os.Stat(opts.CRDDir)
+	}
+	if err != nil {
+		t.Fatalf("CRDs: %v", err)
+	}
+	if err := c.installCRDs(ctx, crds); err != nil {
 		c.dumpLogs(t)
 		t.Fatal(err)
 	}
@@ -325,13 +333,24 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
-// installCRDs creates every CRD in dir and waits until each is
-// established and its resource answers a list.
-func (c *Cluster) installCRDs(ctx context.Context, dir string) error {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		return fmt.Errorf("install CRDs: no .yaml files in %s", dir)
+// CRDFile is the path of one of the repository's CRDs, by file name
+// ("ciliumnetworkpolicies.cilium.io.yaml").
+func CRDFile(name string) string { return filepath.Join(repoCRDDir(), name) }
+
+// InstallCRDs installs CustomResourceDefinitions from YAML files and waits
+// until their resources are served.
+func (c *Cluster) InstallCRDs(t testing.TB, files ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.installCRDs(ctx, files); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// installCRDs creates the CRDs in files and waits until each one's
+// resource answers a list.
+func (c *Cluster) installCRDs(ctx context.Context, files []string) error {
 	var gvrs []schema.GroupVersionResource
 	for _, f := range files {
 		data, err := os.ReadFile(f)

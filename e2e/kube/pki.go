@@ -19,7 +19,7 @@ import (
 // for clients.
 type pki struct {
 	caCert, serverCert, serverKey, saKey, saPub string // files
-	caPEM, adminCertPEM, adminKeyPEM             []byte
+	caPEM, adminCertPEM, adminKeyPEM            []byte
 }
 
 // writePKI makes a CA, the API server's serving certificate (for

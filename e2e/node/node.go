@@ -86,6 +86,9 @@ type Node struct {
 	azure        bool
 	// uplinkPeer is the outside host's first address, once there is one.
 	uplinkPeer string
+	// Kubeconfig, when set before StartDaemon, makes the Kubernetes API
+	// the daemon's source instead of the manifest directory.
+	Kubeconfig string
 
 	mu     sync.Mutex
 	daemon *exec.Cmd
@@ -188,10 +191,13 @@ func (n *Node) StartDaemon(extraArgs ...string) {
 	if err != nil {
 		n.t.Fatal(err)
 	}
+	source := []string{"--manifests", n.Manifests}
+	if n.Kubeconfig != "" {
+		source = []string{"--kubeconfig", n.Kubeconfig}
+	}
 	args := append([]string{"--net=" + n.NS.Path, filepath.Join(n.Bin.Aegis, "aegisd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--manifests", n.Manifests, "--node-name", "e2e-node", "--log-level", "debug",
-		"--hubble-socket", n.HubbleSocket}, extraArgs...)
+		"--node-name", "e2e-node", "--log-level", "debug", "--hubble-socket", n.HubbleSocket}, append(source, extraArgs...)...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logF, logF
 	if err := cmd.Start(); err != nil {
@@ -266,8 +272,14 @@ func (n *Node) Remove(file string) {
 	n.changeManifests(func() error { return os.Remove(filepath.Join(n.Manifests, file)) })
 }
 
-// changeManifests makes a change and waits for the daemon to take in a new
-// generation and regenerate after it.
+// Change makes a change to the daemon's source (a manifest file or an API
+// object) and waits until the daemon has taken in the new generation and
+// regenerated after it.
+func (n *Node) Change(change func() error) {
+	n.t.Helper()
+	n.changeManifests(change)
+}
+
 func (n *Node) changeManifests(change func() error) {
 	n.t.Helper()
 	n.mu.Lock()

@@ -22,7 +22,6 @@ import (
 	"github.com/aegis-cni/aegis/daemon/hubble"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
-	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
 type options struct {
@@ -30,6 +29,8 @@ type options struct {
 	stateDir        string
 	socket          string
 	manifests       string
+	kubeconfig      string
+	inCluster       bool
 	nodeName        string
 	nodeIPs         []netip.Addr
 	logLevel        slog.Level
@@ -45,7 +46,9 @@ func parseFlags(argv []string) (*options, error) {
 	fs.StringVar(&o.bpfRoot, "bpf-root", bpf.DefaultRoot, "bpffs directory for pinned maps, programs and links (mounted if it is not a bpffs)")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/aegis", "directory for persisted endpoints and identities")
 	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "unix socket of the local API (root only)")
-	fs.StringVar(&o.manifests, "manifests", "", "standalone source: directory of Namespace, Pod and NetworkPolicy YAML manifests, watched for changes")
+	fs.StringVar(&o.manifests, "manifests", "", "standalone source: directory of Namespace, Pod, Service, EndpointSlice and NetworkPolicy YAML manifests, watched for changes")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Kubernetes API source: kubeconfig file (or --in-cluster)")
+	fs.BoolVar(&o.inCluster, "in-cluster", false, "Kubernetes API source with the pod's service account (as a DaemonSet)")
 	fs.StringVar(&o.nodeName, "node-name", host, "this node's name")
 	fs.Func("node-ip", "address of this node, given the host identity (repeatable; default: every address of this network namespace)", func(s string) error {
 		ip, err := netip.ParseAddr(s)
@@ -59,10 +62,10 @@ func parseFlags(argv []string) (*options, error) {
 		return o.logLevel.UnmarshalText([]byte(s))
 	})
 	fs.StringVar(&o.hubbleSocket, "hubble-socket", hubble.DefaultSocket, "unix socket of the Hubble Observer API (root only); empty disables it")
-	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for `aegis observe`")
+	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: aegisd --manifests DIR [flags]\n\naegisd enforces network policy on this node's pods through eBPF programs that\nthe aegis-cni plugin attaches; policy comes from a directory of Kubernetes manifests.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: aegisd (--manifests DIR | --kubeconfig FILE | --in-cluster) [flags]\n\naegisd enforces network policy on this node's pods through eBPF programs that\nthe aegis-cni plugin attaches. Policy, pods and services come from a directory of\nKubernetes manifests or from the Kubernetes API.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(argv); err != nil {
@@ -71,11 +74,19 @@ func parseFlags(argv []string) (*options, error) {
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
 	}
-	if o.manifests == "" {
-		return nil, errors.New("--manifests is required (the Kubernetes API source comes with a later release)")
+	sources := 0
+	for _, set := range []bool{o.manifests != "", o.kubeconfig != "", o.inCluster} {
+		if set {
+			sources++
+		}
 	}
-	if st, err := os.Stat(o.manifests); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("--manifests %s: not a directory", o.manifests)
+	if sources != 1 {
+		return nil, errors.New("give exactly one source: --manifests DIR, --kubeconfig FILE or --in-cluster")
+	}
+	if o.manifests != "" {
+		if st, err := os.Stat(o.manifests); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("--manifests %s: not a directory", o.manifests)
+		}
 	}
 	return o, nil
 }
@@ -112,16 +123,21 @@ func run(ctx context.Context, o *options) error {
 	defer cancel()
 	errc := make(chan error, 4)
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
+	src, err := newSource(o, log)
+	if err != nil {
+		return err
+	}
 	go func() {
-		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate))
-		errc <- w.Run(ctx, func(s *manifests.Snapshot, rejected []manifests.FileError) {
-			if err := a.ApplySnapshot(ctx, s, rejected, o.manifests); err != nil && ctx.Err() == nil {
-				log.Error("apply manifests", "err", err)
+		errc <- src.run(ctx, func(s *manifests.Snapshot, rejected []manifests.FileError) {
+			err := a.ApplySnapshot(ctx, s, rejected, src.kind, src.location)
+			if err != nil && ctx.Err() == nil {
+				log.Error("apply policy source", "err", err)
 			}
+			src.report(s, err)
 		})
 	}()
 	log.Info("aegisd started", "version", agent.Version, "node", o.nodeName, "bpfRoot", o.bpfRoot,
-		"socket", o.socket, "manifests", o.manifests, "nodeIPs", strings.Trim(fmt.Sprint(o.nodeIPs), "[]"))
+		"socket", o.socket, "source", src.kind+" "+src.location, "nodeIPs", strings.Trim(fmt.Sprint(o.nodeIPs), "[]"))
 	obs := observe.New(a.Maps(), a, o.flowCapacity, log)
 	a.SetObserver(obs)
 	go func() {
