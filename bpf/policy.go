@@ -231,3 +231,15 @@ func b2u(b bool) uint8 {
 	}
 	return 0
 }
+
+// LookupPolicy returns the entry the datapath's first lookup finds for k's
+// port: the longest port prefix matching it in k's (local, remote,
+// direction, protocol) group.
+func (m *Maps) LookupPolicy(k policy.Key) (policy.Entry, bool) {
+	key := policyKey(policy.Key{Local: k.Local, Remote: k.Remote, Dir: k.Dir, Proto: k.Proto, Port: k.Port, PortPrefixLen: 16})
+	var v datapathPolicyEntry
+	if err := m.Policy.Lookup(&key, &v); err != nil {
+		return policy.Entry{}, false
+	}
+	return fromPolicyValue(v), true
+}

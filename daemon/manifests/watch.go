@@ -74,7 +74,7 @@ type Watcher struct {
 
 // NewWatcher returns a watcher of dir.
 func NewWatcher(dir string, opts ...Option) *Watcher {
-	w := &Watcher{dir: dir, rescan: 10 * time.Second, debounce: 100 * time.Millisecond, files: map[string]*fileState{}}
+	w := &Watcher{dir: dir, rescan: 10 * time.Second, debounce: 20 * time.Millisecond, files: map[string]*fileState{}}
 	for _, o := range opts {
 		o(w)
 	}
@@ -89,7 +89,9 @@ func Load(dir string, opts ...Option) (*Snapshot, []FileError, error) {
 }
 
 // Run reads the directory, then calls apply after every settled change
-// (fsnotify events debounced, plus a periodic rescan for missed events),
+// (fsnotify events debounced by 20 ms: a write caught half-way only makes
+// its file fall back to its last good content until the next event; plus a
+// periodic rescan for missed events),
 // until ctx ends. apply receives the full merged snapshot and the current
 // rejections; it is called when either changed.
 func (w *Watcher) Run(ctx context.Context, apply func(*Snapshot, []FileError)) error {
