@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/aegis-cni/aegis/e2e/node"
@@ -29,11 +30,16 @@ spec:
 	c.client.NS.ExpectBlocked(t, "tcp", clusterIP+":80")
 	c.client.NS.ExpectAllowed(t, "tcp", c.web.Addr(8080))
 
-	c.n.Apply("20-service.yaml", fmt.Sprintf(`apiVersion: v1
+	service := func(endpoints ...string) string {
+		var eps strings.Builder
+		for _, ip := range endpoints {
+			fmt.Fprintf(&eps, "- addresses: [%s]\n  conditions: {ready: true}\n", ip)
+		}
+		return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: prod}
 spec:
-  clusterIP: %[1]s
+  clusterIP: %s
   ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -42,28 +48,13 @@ metadata: {name: web-abc, namespace: prod, labels: {kubernetes.io/service-name: 
 addressType: IPv4
 ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints:
-- addresses: [%[2]s]
-  conditions: {ready: true}
-`, clusterIP, c.web.IP))
+%s`, clusterIP, eps.String())
+	}
+	c.n.Apply("20-service.yaml", service(c.web.IP.String()))
 	c.client.NS.ExpectAllowed(t, "tcp", clusterIP+":80")
 
 	// A backend the policy does not allow closes the service port: kube-
 	// proxy could send the connection there.
-	c.n.Apply("20-service.yaml", fmt.Sprintf(`apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: prod}
-spec:
-  clusterIP: %[1]s
-  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-abc, namespace: prod, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- addresses: [%[2]s]
-- addresses: [%[3]s]
-`, clusterIP, c.web.IP, c.other.IP))
+	c.n.Apply("20-service.yaml", service(c.web.IP.String(), c.other.IP.String()))
 	c.client.NS.ExpectBlocked(t, "tcp", clusterIP+":80")
 }

@@ -34,23 +34,32 @@ type Backend interface {
 	Flows(q url.Values) (*FlowsResponse, error)
 }
 
-// Serve listens on the unix socket (root only: 0600 in a 0700 directory)
-// and serves until ctx ends.
-func Serve(ctx context.Context, socket string, b Backend, log *slog.Logger) error {
+// ListenRootOnly listens on a unix socket only root may use: 0600 in a
+// 0700 directory. Every local API of aegisd listens this way.
+func ListenRootOnly(socket string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return fmt.Errorf("create socket directory: %w", err)
+		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
 	// A socket left by a killed daemon would make Listen fail.
 	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket %s: %w", socket, err)
+		return nil, fmt.Errorf("remove stale socket %s: %w", socket, err)
 	}
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", socket, err)
+		return nil, fmt.Errorf("listen on %s: %w", socket, err)
 	}
 	if err := os.Chmod(socket, 0o600); err != nil {
 		ln.Close()
-		return fmt.Errorf("restrict socket %s: %w", socket, err)
+		return nil, fmt.Errorf("restrict socket %s: %w", socket, err)
+	}
+	return ln, nil
+}
+
+// Serve listens on the root-only unix socket and serves until ctx ends.
+func Serve(ctx context.Context, socket string, b Backend, log *slog.Logger) error {
+	ln, err := ListenRootOnly(socket)
+	if err != nil {
+		return err
 	}
 	srv := &http.Server{Handler: Handler(b, log), ReadHeaderTimeout: 10 * time.Second}
 	go func() {

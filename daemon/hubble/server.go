@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
@@ -16,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
@@ -38,19 +36,9 @@ func NewServer(flows *observe.Observer, node, version string) *Server {
 
 // Serve listens on a root-only unix socket until ctx ends.
 func (s *Server) Serve(ctx context.Context, socket string) error {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return fmt.Errorf("create hubble socket directory: %w", err)
-	}
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket %s: %w", socket, err)
-	}
-	ln, err := net.Listen("unix", socket)
+	ln, err := api.ListenRootOnly(socket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", socket, err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("restrict socket %s: %w", socket, err)
+		return err
 	}
 	g := grpc.NewServer()
 	observer.RegisterObserverServer(g, s)

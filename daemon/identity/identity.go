@@ -110,48 +110,31 @@ func ServiceKey(nsName string) string { return "service=" + nsName }
 func (a *Allocator) Sync(pods []Labels, cidrs []netip.Prefix, services []string) (map[string]uint32, []policy.Identity, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	want := make(map[string]record, len(pods)+len(cidrs))
+	want := make(map[string]record, len(pods)+len(cidrs)+len(services))
 	changed := false
-	for _, l := range pods {
-		k := l.Key()
+	// keep holds on to the number a key has, or hands out the next one of
+	// its kind.
+	keep := func(k string, next *uint32, fill func(*record)) {
 		if _, ok := want[k]; ok {
-			continue
+			return
 		}
 		r, ok := a.byKey[k]
 		if !ok {
-			l := l
-			r = record{ID: a.nextPod, Labels: &l}
-			a.nextPod++
+			r = record{ID: *next}
+			fill(&r)
+			*next++
 			changed = true
 		}
 		want[k] = r
+	}
+	for _, l := range pods {
+		keep(l.Key(), &a.nextPod, func(r *record) { l := l; r.Labels = &l })
 	}
 	for _, p := range cidrs {
-		k := cidrKey(p)
-		if _, ok := want[k]; ok {
-			continue
-		}
-		r, ok := a.byKey[k]
-		if !ok {
-			p := p.Masked()
-			r = record{ID: a.nextCIDR, CIDR: &p}
-			a.nextCIDR++
-			changed = true
-		}
-		want[k] = r
+		keep(cidrKey(p), &a.nextCIDR, func(r *record) { p := p.Masked(); r.CIDR = &p })
 	}
 	for _, svc := range services {
-		k := ServiceKey(svc)
-		if _, ok := want[k]; ok {
-			continue
-		}
-		r, ok := a.byKey[k]
-		if !ok {
-			r = record{ID: a.nextService, Service: svc}
-			a.nextService++
-			changed = true
-		}
-		want[k] = r
+		keep(ServiceKey(svc), &a.nextService, func(r *record) { r.Service = svc })
 	}
 	if len(want) != len(a.byKey) {
 		changed = true
