@@ -293,6 +293,66 @@ spec:
 		checkFlows(t, c)
 	})
 
+	t.Run("flow log holds exactly what a ContainerNetworkLog selects", func(t *testing.T) {
+		n.Apply("11-policy.yaml", webAllowClient)
+		defer n.Remove("11-policy.yaml")
+		n.Apply("30-cnl.yaml", `apiVersion: acn.azure.com/v1alpha1
+kind: ContainerNetworkLog
+metadata: {name: prod-web-drops}
+spec:
+  includefilters:
+  - name: drops-to-web
+    to: {namespacedPod: [prod/web]}
+    protocol: [tcp]
+    verdict: [dropped]
+---
+apiVersion: acn.azure.com/v1alpha1
+kind: ContainerNetworkLog
+metadata: {name: broken}
+spec:
+  includefilters:
+  - name: x
+    protocol: [sctp]
+`)
+		defer n.Remove("30-cnl.yaml")
+		c.client.NS.ExpectAllowed(t, "tcp", web.Addr(8080))
+		c.other.NS.ExpectBlocked(t, "tcp", web.Addr(8080))
+		var lines []string
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) && len(lines) == 0 {
+			data, _ := os.ReadFile(n.FlowLog)
+			lines = strings.Fields(string(data))
+			time.Sleep(100 * time.Millisecond)
+		}
+		if len(lines) == 0 {
+			t.Fatal("flow log is empty")
+		}
+		for _, l := range lines {
+			var rec struct {
+				Flow     json.RawMessage `json:"flow"`
+				NodeName string          `json:"node_name"`
+			}
+			if err := json.Unmarshal([]byte(l), &rec); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			var f flow.Flow
+			if err := protojson.Unmarshal(rec.Flow, &f); err != nil {
+				t.Fatalf("flow %s: %v", rec.Flow, err)
+			}
+			if f.GetVerdict() != flow.Verdict_DROPPED || f.GetDestination().GetPodName() != "web" || rec.NodeName != "e2e-node" {
+				t.Errorf("logged a flow no ContainerNetworkLog selects: %v", &f)
+			}
+		}
+		st := n.Status()
+		states := map[string]string{}
+		for _, l := range st.FlowLogs.Logs {
+			states[l.Name] = l.State + " " + l.Reason
+		}
+		if !strings.HasPrefix(states["prod-web-drops"], "CONFIGURED") || !strings.Contains(states["broken"], "FAILED") || !strings.Contains(states["broken"], "sctp") {
+			t.Errorf("ContainerNetworkLog statuses: %v", states)
+		}
+	})
+
 	t.Run("attachments healthy, and CHECK passes where the version has it", func(t *testing.T) {
 		atts, err := bpf.ListAttachments(bpf.Paths{Root: n.BPFRoot})
 		if err != nil || len(atts) != 4 {

@@ -18,6 +18,7 @@ import (
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/endpoint"
+	"github.com/aegis-cni/aegis/daemon/flowlog"
 	"github.com/aegis-cni/aegis/daemon/identity"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -59,7 +60,9 @@ type Agent struct {
 	view    view
 	names   atomic.Pointer[names]
 
-	observer atomic.Pointer[observe.Observer]
+	observer    atomic.Pointer[observe.Observer]
+	flowLog     atomic.Pointer[flowlog.Exporter]
+	flowLogPath string
 
 	// epMu serialises changes of an endpoint's registry record and map
 	// entry, so a regeneration never resurrects an endpoint a concurrent
@@ -146,6 +149,7 @@ func (a *Agent) ApplySnapshot(ctx context.Context, snap *manifests.Snapshot, rej
 	for _, r := range rejected {
 		a.log.Error("manifest rejected; its last good content stays in force", "err", r.Error())
 	}
+	a.configureFlowLog(snap)
 	return a.regen.wait(ctx)
 }
 

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/flowlog"
+	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
@@ -43,4 +45,41 @@ func (a *Agent) Flows(q url.Values) (*api.FlowsResponse, error) {
 	st := o.Stats()
 	resp.Stats = api.FlowStats{Seen: st.Seen, KernelLost: st.KernelLost, DecodeErrors: st.DecodeErrors, SubscriberLag: st.SubscriberLag, Capacity: st.Capacity, Stored: st.Stored}
 	return resp, nil
+}
+
+// SetFlowLog attaches the flow-log exporter; each snapshot reconfigures it.
+func (a *Agent) SetFlowLog(e *flowlog.Exporter, path string) {
+	a.flowLog.Store(e)
+	a.mu.Lock()
+	a.flowLogPath = path
+	a.mu.Unlock()
+}
+
+func (a *Agent) configureFlowLog(snap *manifests.Snapshot) {
+	if e := a.flowLog.Load(); e != nil {
+		for _, st := range e.Configure(snap.Others) {
+			if st.State == "FAILED" {
+				a.log.Error("ContainerNetworkLog rejected", "name", st.Name, "reason", st.Reason)
+			}
+		}
+	}
+}
+
+func (a *Agent) flowLogStatus() api.FlowLogStatus {
+	e := a.flowLog.Load()
+	if e == nil {
+		return api.FlowLogStatus{}
+	}
+	a.mu.Lock()
+	st := api.FlowLogStatus{Path: a.flowLogPath}
+	a.mu.Unlock()
+	for _, s := range e.Statuses() {
+		st.Logs = append(st.Logs, api.ContainerNetLog{Name: s.Name, State: s.State, Reason: s.Reason})
+	}
+	var err error
+	st.Written, st.Lost, err = e.Stats()
+	if err != nil {
+		st.LastErr = err.Error()
+	}
+	return st
 }

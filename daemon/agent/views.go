@@ -45,6 +45,7 @@ func (a *Agent) Status() api.Status {
 		st.Reason = "waiting for the first snapshot of the policy source"
 	}
 	st.Endpoints = len(a.eps.List())
+	st.FlowLogs = a.flowLogStatus()
 	if rev, err := a.dp.PolicyRevision(); err == nil {
 		st.PolicyRevision = rev
 	}

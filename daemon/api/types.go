@@ -49,19 +49,20 @@ type GCResponse struct {
 
 // Status is the daemon's health.
 type Status struct {
-	Ready          bool         `json:"ready"`
-	Reason         string       `json:"reason,omitempty"`
-	Version        string       `json:"version"`
-	NodeName       string       `json:"nodeName"`
-	Started        time.Time    `json:"started"`
-	BPFRoot        string       `json:"bpfRoot"`
-	Endpoints      int          `json:"endpoints"`
-	Identities     int          `json:"identities"`
-	PolicyRevision uint32       `json:"policyRevision"`
-	PolicyEntries  int          `json:"policyEntries"`
-	IPCacheEntries int          `json:"ipcacheEntries"`
-	Source         SourceStatus `json:"source"`
-	LastRegen      RegenStatus  `json:"lastRegeneration"`
+	Ready          bool          `json:"ready"`
+	Reason         string        `json:"reason,omitempty"`
+	Version        string        `json:"version"`
+	NodeName       string        `json:"nodeName"`
+	Started        time.Time     `json:"started"`
+	BPFRoot        string        `json:"bpfRoot"`
+	Endpoints      int           `json:"endpoints"`
+	Identities     int           `json:"identities"`
+	PolicyRevision uint32        `json:"policyRevision"`
+	PolicyEntries  int           `json:"policyEntries"`
+	IPCacheEntries int           `json:"ipcacheEntries"`
+	Source         SourceStatus  `json:"source"`
+	LastRegen      RegenStatus   `json:"lastRegeneration"`
+	FlowLogs       FlowLogStatus `json:"flowLogs"`
 }
 
 // SourceStatus says where policy comes from and what was rejected.
@@ -191,4 +192,21 @@ type FlowStats struct {
 	SubscriberLag uint64 `json:"subscriberLag"`
 	Capacity      int    `json:"capacity"`
 	Stored        int    `json:"stored"`
+}
+
+// FlowLogStatus says which ContainerNetworkLogs are in force and how the
+// flow log file fares.
+type FlowLogStatus struct {
+	Path    string            `json:"path"`
+	Logs    []ContainerNetLog `json:"containerNetworkLogs"`
+	Written uint64            `json:"written"`
+	Lost    uint64            `json:"lost"`
+	LastErr string            `json:"lastError,omitempty"`
+}
+
+// ContainerNetLog is one ContainerNetworkLog's status.
+type ContainerNetLog struct {
+	Name   string `json:"name"`
+	State  string `json:"state"` // CONFIGURED or FAILED
+	Reason string `json:"reason,omitempty"`
 }

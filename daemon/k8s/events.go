@@ -1,6 +1,8 @@
 package k8s
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,7 +40,12 @@ type reportState struct {
 // not running or does not know the object. While the source itself
 // rejects the object's current version (and has said so in an Event), a
 // nil err, which can only be about the previous version, is not recorded.
+// A canceled or expired context (the daemon stopping) is no verdict on a
+// policy and is not recorded either.
 func (s *Source) Report(kind, namespace, name string, err error) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
 	key := objectKey(kind, namespace, name)
 	s.mu.Lock()
 	inf := s.informers[kind]

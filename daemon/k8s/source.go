@@ -204,7 +204,7 @@ func (s *Source) Location() string { return s.host }
 // goroutine; changes that arrive meanwhile make one more call.
 //
 // The objects in a snapshot are shared with the informer caches: read
-// them, never modify them.
+// them, never modify them. Run may be called once.
 func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []manifests.FileError)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -227,7 +227,8 @@ func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []mani
 		DeleteFunc: func(any) { s.poke() },
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithTransform(slim))
-	defer factory.Shutdown()
+	// Shutdown waits for the informers, which stop when ctx ends.
+	defer func() { cancel(); factory.Shutdown() }()
 	typed := map[string]cache.SharedIndexInformer{
 		"Namespace":     factory.Core().V1().Namespaces().Informer(),
 		"Pod":           factory.Core().V1().Pods().Informer(),
@@ -248,8 +249,14 @@ func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []mani
 	factory.Start(ctx.Done())
 
 	dynFactory := dynamicinformer.NewDynamicSharedInformerFactory(s.dyn, 0)
-	defer dynFactory.Shutdown()
-	startCRDs := func() error {
+	defer func() { cancel(); dynFactory.Shutdown() }()
+	// startCRDs starts the informers of the custom resources the API
+	// serves and that are not watched yet. It reports whether it could
+	// tell for every kind: until then the first snapshot must wait, or a
+	// passing discovery error at a restart would take every
+	// CiliumNetworkPolicy out of force until the next look.
+	startCRDs := func() (bool, error) {
+		known := true
 		for _, k := range crdKinds {
 			s.mu.Lock()
 			started := s.informers[k.name] != nil
@@ -259,6 +266,7 @@ func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []mani
 			}
 			served, err := s.served(k.gvr)
 			if err != nil {
+				known = false
 				s.log.Warn("cannot tell whether the API serves a custom resource; will look again", "resource", k.gvr.String(), "err", err)
 				continue
 			}
@@ -267,21 +275,39 @@ func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []mani
 			}
 			inf := dynFactory.ForResource(k.gvr).Informer()
 			if err := inf.SetTransform(slim); err != nil {
-				return fmt.Errorf("watch %s: %w", k.name, err)
+				return false, fmt.Errorf("watch %s: %w", k.name, err)
 			}
 			if _, err := inf.AddEventHandler(handler); err != nil {
-				return fmt.Errorf("watch %s: %w", k.name, err)
+				return false, fmt.Errorf("watch %s: %w", k.name, err)
 			}
 			s.mu.Lock()
 			s.informers[k.name] = inf
 			s.mu.Unlock()
 			s.log.Info("watching custom resource", "kind", k.name, "resource", k.gvr.String())
+			// Builds skip the kind until its first list is complete,
+			// which may be after its last event: rebuild then.
+			go func() {
+				if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+					s.poke()
+				}
+			}()
 		}
 		dynFactory.Start(ctx.Done())
-		return nil
+		return known, nil
 	}
-	if err := startCRDs(); err != nil {
-		return err
+	for {
+		known, err := startCRDs()
+		if err != nil {
+			return err
+		}
+		if known {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 	}
 	for _, k := range crdKinds {
 		s.mu.Lock()
@@ -326,7 +352,7 @@ func (s *Source) Run(ctx context.Context, apply func(*manifests.Snapshot, []mani
 			settle = nil
 			emit(false)
 		case <-crdTick.C:
-			if err := startCRDs(); err != nil {
+			if _, err := startCRDs(); err != nil {
 				return err
 			}
 		}
@@ -413,10 +439,7 @@ func (s *Source) build() (*manifests.Snapshot, []manifests.FileError, bool) {
 			continue
 		}
 		objs := inf.GetStore().List()
-		keyed := make([]struct {
-			key string
-			obj runtime.Object
-		}, 0, len(objs))
+		keyed := make([]keyedObject, 0, len(objs))
 		for _, o := range objs {
 			obj, ok := o.(runtime.Object)
 			if !ok {
@@ -438,21 +461,14 @@ func (s *Source) build() (*manifests.Snapshot, []manifests.FileError, bool) {
 				rejected = append(rejected, key)
 			}
 			if e.good != nil {
-				keyed = append(keyed, struct {
-					key string
-					obj runtime.Object
-				}{key, e.good})
+				keyed = append(keyed, keyedObject{key, e.good, e.hash})
 			}
 		}
-		slices.SortFunc(keyed, func(a, b struct {
-			key string
-			obj runtime.Object
-		}) int {
-			return cmp.Compare(a.key, b.key)
-		})
+		slices.SortFunc(keyed, func(a, b keyedObject) int { return cmp.Compare(a.key, b.key) })
 		for _, ko := range keyed {
-			e := s.entries[ko.key]
-			fmt.Fprintf(whole, "%d\x00%s\x00%x\n", i, ko.key, e.hash)
+			whole.Write([]byte{byte(i)})
+			whole.Write([]byte(ko.key))
+			whole.Write(ko.hash[:])
 			switch o := ko.obj.(type) {
 			case *corev1.Namespace:
 				snap.Namespaces = append(snap.Namespaces, o)
@@ -496,6 +512,12 @@ func (s *Source) build() (*manifests.Snapshot, []manifests.FileError, bool) {
 	}
 	snap.Generation = s.gen
 	return snap, errs, changed
+}
+
+type keyedObject struct {
+	key  string
+	obj  runtime.Object
+	hash [32]byte
 }
 
 // evaluate validates a new version of an object. A version that fails

@@ -400,12 +400,21 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	if e.Type != corev1.EventTypeNormal || e.Source.Component != "aegisd" || e.Count != 1 {
 		t.Errorf("applied event: type %s, source %+v, count %d", e.Type, e.Source, e.Count)
 	}
+	// Stopping is no verdict: a canceled regeneration records nothing
+	// (Events go out in order, so the one below shows it would be there).
+	w.src.Report("NetworkPolicy", "pets", "web-in", fmt.Errorf("regenerate: %w", context.Canceled))
 	w.src.Report("CiliumNetworkPolicy", "pets", "db-egress", errors.New("spec.egress[0].toFQDNs: not supported yet"))
 	e = waitEvent(t, cs, "pets", "CiliumNetworkPolicy", "db-egress", "PolicyRejected", "rejected by aegis: spec.egress[0].toFQDNs: not supported yet")
 	if e.Type != corev1.EventTypeWarning {
 		t.Errorf("rejected event type %s", e.Type)
 	}
 	w.src.Report("NetworkPolicy", "pets", "no-such-policy", nil) // unknown objects are ignored
+
+	for _, e := range events(t, cs, "pets", "NetworkPolicy", "web-in") {
+		if strings.Contains(e.Message, "context canceled") {
+			t.Errorf("a canceled regeneration was recorded: %s", e.Message)
+		}
+	}
 
 	// A custom resource the object validator rejects keeps its last good
 	// version too.

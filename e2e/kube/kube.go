@@ -258,6 +258,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		c.dumpLogs(t)
 		t.Fatal(err)
 	}
+	if err := c.waitBootstrap(ctx); err != nil {
+		c.dumpLogs(t)
+		t.Fatal(err)
+	}
 	for _, name := range append([]string{metav1.NamespaceDefault}, opts.Namespaces...) {
 		if err := c.createNamespace(ctx, name, nil); err != nil {
 			c.dumpLogs(t)
@@ -327,6 +331,31 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitBootstrap waits for what the API server creates itself shortly after
+// it is ready (the system namespaces, the kubernetes Service), so tests
+// start from a cluster that no longer changes on its own.
+func (c *Cluster) waitBootstrap(ctx context.Context) error {
+	for {
+		var missing []string
+		for _, ns := range []string{metav1.NamespaceDefault, metav1.NamespaceSystem, metav1.NamespacePublic, corev1.NamespaceNodeLease} {
+			if _, err := c.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
+				missing = append(missing, "namespace "+ns)
+			}
+		}
+		if _, err := c.Client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{}); err != nil {
+			missing = append(missing, "service default/kubernetes")
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("API server bootstrap: still missing %s", strings.Join(missing, ", "))
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

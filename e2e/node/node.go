@@ -78,12 +78,14 @@ type Node struct {
 	Socket   string
 	// HubbleSocket serves the Hubble Observer API.
 	HubbleSocket string
-	Manifests    string
-	CNILog       string
-	DaemonLog    string
-	ConfList     *libcni.NetworkConfigList
-	cni          *libcni.CNIConfig
-	azure        bool
+	// FlowLog is the flow log file.
+	FlowLog   string
+	Manifests string
+	CNILog    string
+	DaemonLog string
+	ConfList  *libcni.NetworkConfigList
+	cni       *libcni.CNIConfig
+	azure     bool
 	// uplinkPeer is the outside host's first address, once there is one.
 	uplinkPeer string
 	// Kubeconfig, when set before StartDaemon, makes the Kubernetes API
@@ -121,6 +123,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.StateDir = filepath.Join(n.Dir, "state")
 	n.Socket = filepath.Join(n.Dir, "run", "aegisd.sock")
 	n.HubbleSocket = filepath.Join(n.Dir, "run", "hubble.sock")
+	n.FlowLog = filepath.Join(n.Dir, "log", "events.log")
 	n.Manifests = filepath.Join(n.Dir, "manifests")
 	n.CNILog = filepath.Join(n.Dir, "cni.log")
 	n.DaemonLog = filepath.Join(n.Dir, "aegisd.log")
@@ -197,7 +200,8 @@ func (n *Node) StartDaemon(extraArgs ...string) {
 	}
 	args := append([]string{"--net=" + n.NS.Path, filepath.Join(n.Bin.Aegis, "aegisd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
-		"--node-name", "e2e-node", "--log-level", "debug", "--hubble-socket", n.HubbleSocket}, append(source, extraArgs...)...)
+		"--node-name", "e2e-node", "--log-level", "debug", "--hubble-socket", n.HubbleSocket,
+		"--flow-log-file", n.FlowLog}, append(source, extraArgs...)...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logF, logF
 	if err := cmd.Start(); err != nil {

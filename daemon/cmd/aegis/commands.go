@@ -81,6 +81,19 @@ func cmdStatus(ctx context.Context, c *api.Client, argv []string) error {
 	for _, r := range st.Source.Rejected {
 		fmt.Printf("  rejected:       %s\n", r)
 	}
+	if st.FlowLogs.Path != "" {
+		fmt.Printf("Flow logs:        %s (%d written, %d lost)\n", st.FlowLogs.Path, st.FlowLogs.Written, st.FlowLogs.Lost)
+		if st.FlowLogs.LastErr != "" {
+			fmt.Printf("  last error:     %s\n", st.FlowLogs.LastErr)
+		}
+		for _, l := range st.FlowLogs.Logs {
+			reason := ""
+			if l.Reason != "" {
+				reason = ": " + l.Reason
+			}
+			fmt.Printf("  ContainerNetworkLog %s: %s%s\n", l.Name, l.State, reason)
+		}
+	}
 	if !st.LastRegen.At.IsZero() {
 		res := "ok"
 		if st.LastRegen.Error != "" {

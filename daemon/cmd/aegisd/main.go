@@ -19,6 +19,7 @@ import (
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/flowlog"
 	"github.com/aegis-cni/aegis/daemon/hubble"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -37,6 +38,9 @@ type options struct {
 	summaryInterval time.Duration
 	flowCapacity    int
 	hubbleSocket    string
+	flowLogFile     string
+	flowLogMaxMB    int
+	flowLogBackups  int
 }
 
 func parseFlags(argv []string) (*options, error) {
@@ -62,6 +66,9 @@ func parseFlags(argv []string) (*options, error) {
 		return o.logLevel.UnmarshalText([]byte(s))
 	})
 	fs.StringVar(&o.hubbleSocket, "hubble-socket", hubble.DefaultSocket, "unix socket of the Hubble Observer API (root only); empty disables it")
+	fs.StringVar(&o.flowLogFile, "flow-log-file", flowlog.DefaultPath, "flow log file for the flows ContainerNetworkLog objects select; empty disables flow logs")
+	fs.IntVar(&o.flowLogMaxMB, "flow-log-max-size", 50, "rotate the flow log at this many MiB")
+	fs.IntVar(&o.flowLogBackups, "flow-log-backups", 5, "rotated flow log files to keep")
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.Usage = func() {
@@ -70,6 +77,9 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if err := fs.Parse(argv); err != nil {
 		return nil, err
+	}
+	if o.flowLogMaxMB < 1 || o.flowLogBackups < 0 {
+		return nil, fmt.Errorf("--flow-log-max-size must be at least 1 and --flow-log-backups at least 0")
 	}
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
@@ -145,6 +155,11 @@ func run(ctx context.Context, o *options) error {
 			errc <- fmt.Errorf("flow observer: %w", err)
 		}
 	}()
+	if o.flowLogFile != "" {
+		exp := flowlog.New(o.flowLogFile, int64(o.flowLogMaxMB)<<20, o.flowLogBackups, o.nodeName)
+		a.SetFlowLog(exp, o.flowLogFile)
+		go exp.Run(ctx, obs)
+	}
 	if o.hubbleSocket != "" {
 		srv := hubble.NewServer(obs, o.nodeName, agent.Version)
 		go func() {
