@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/api"
@@ -120,6 +122,8 @@ func main() {
 
 func run(ctx context.Context, o *options) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	// client-go logs through klog: one log stream, one format.
+	klog.SetSlogLogger(log)
 	a, err := agent.New(agent.Config{
 		NodeName: o.nodeName, BPFRoot: o.bpfRoot, StateDir: o.stateDir,
 		NodeIPs: o.nodeIPs, SummaryInterval: o.summaryInterval, Log: log,
