@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,5 +125,44 @@ func TestWriteFailureCountedAndResumed(t *testing.T) {
 	r.writeLine([]byte("{}\n"))
 	if w, lost, err := r.stats(); w != 1 || lost != 1 || err != nil {
 		t.Fatalf("after recovery: written %d lost %d err %v", w, lost, err)
+	}
+}
+
+// A full disk loses lines (counted) and writing resumes when space
+// returns: a 64 KiB tmpfs stands in for the disk.
+func TestFullDiskCountedAndResumed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	filler := filepath.Join(dir, "filler")
+	os.WriteFile(filler, make([]byte, 60<<10), 0o644)
+	r := newRotatingFile(filepath.Join(dir, "events.log"), 1<<20, 1)
+	line := []byte(strings.Repeat("x", 1000) + "\n")
+	for range 20 {
+		r.writeLine(line)
+	}
+	_, lost, err := r.stats()
+	if lost == 0 || err == nil {
+		t.Fatalf("a full disk lost nothing (lost %d, err %v)", lost, err)
+	}
+	os.Remove(filler)
+	for range 5 {
+		r.writeLine(line)
+	}
+	w2, lost2, err := r.stats()
+	if err != nil || lost2 != lost || w2 == 0 {
+		t.Fatalf("after space returned: written %d lost %d err %v", w2, lost2, err)
+	}
+	r.close()
+	data, _ := os.ReadFile(filepath.Join(dir, "events.log"))
+	for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if len(l) != 1000 {
+			t.Fatalf("a partial line survived in the log: %d bytes", len(l))
+		}
 	}
 }

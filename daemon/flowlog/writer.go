@@ -85,11 +85,15 @@ func (r *rotatingFile) writeLine(line []byte) {
 				return err
 			}
 		}
+		before := r.size
 		n, err := r.f.Write(line)
 		r.size += int64(n)
 		if err != nil {
-			// A short write leaves a partial line: start a fresh file
-			// position on the next line rather than append to it.
+			// A short write (disk full) leaves part of a line: cut it off,
+			// so the file only ever holds whole records.
+			if terr := r.f.Truncate(before); terr == nil {
+				r.size = before
+			}
 			r.f.Close()
 			r.f = nil
 			return fmt.Errorf("write flow log: %w", err)
