@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -592,6 +595,46 @@ func checkFlows(t *testing.T, c *cluster) {
 		t.Errorf("compact output: %v\n%s", err, out)
 	}
 	checkHubble(t, c)
+	checkMetrics(t, c)
+}
+
+// checkMetrics scrapes the daemon's /metrics (on the node's loopback) and
+// compares the drop counters with the flows.
+func checkMetrics(t *testing.T, c *cluster) {
+	t.Helper()
+	// The endpoint is on the node namespace's loopback: dial there (an
+	// http.Client would dial from another thread, outside it).
+	conn, err := c.n.NS.Dial("tcp", c.n.MetricsAddr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: aegisd\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(b)
+	for _, want := range []string{
+		`hubble_drop_total{destination_namespace="prod",destination_pod="web",protocol="TCP",reason="POLICY_DENIED",source_namespace="prod",source_pod="other",traffic_direction="ingress"}`,
+		`hubble_flows_processed_total{`,
+		`hubble_tcp_flags_total{`,
+		`hubble_policy_verdicts_total{`,
+		`aegis_drop_count_total{direction="ingress",reason="POLICY_DENIED"}`,
+		`aegis_forward_count_total{direction="egress"}`,
+		`hubble_lost_events_total{source="perf_event_ring_buffer"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 // checkHubble asks the Hubble Observer API what `hubble observe

@@ -79,13 +79,16 @@ type Node struct {
 	// HubbleSocket serves the Hubble Observer API.
 	HubbleSocket string
 	// FlowLog is the flow log file.
-	FlowLog   string
-	Manifests string
-	CNILog    string
-	DaemonLog string
-	ConfList  *libcni.NetworkConfigList
-	cni       *libcni.CNIConfig
-	azure     bool
+	FlowLog string
+	// MetricsAddr is the daemon's /metrics endpoint, on the node
+	// namespace's loopback.
+	MetricsAddr string
+	Manifests   string
+	CNILog      string
+	DaemonLog   string
+	ConfList    *libcni.NetworkConfigList
+	cni         *libcni.CNIConfig
+	azure       bool
 	// uplinkPeer is the outside host's first address, once there is one.
 	uplinkPeer string
 	// Kubeconfig, when set before StartDaemon, makes the Kubernetes API
@@ -124,6 +127,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.Socket = filepath.Join(n.Dir, "run", "aegisd.sock")
 	n.HubbleSocket = filepath.Join(n.Dir, "run", "hubble.sock")
 	n.FlowLog = filepath.Join(n.Dir, "log", "events.log")
+	n.MetricsAddr = "127.0.0.1:9965"
 	n.Manifests = filepath.Join(n.Dir, "manifests")
 	n.CNILog = filepath.Join(n.Dir, "cni.log")
 	n.DaemonLog = filepath.Join(n.Dir, "aegisd.log")
@@ -201,7 +205,7 @@ func (n *Node) StartDaemon(extraArgs ...string) {
 	args := append([]string{"--net=" + n.NS.Path, filepath.Join(n.Bin.Aegis, "aegisd"),
 		"--bpf-root", n.BPFRoot, "--state-dir", n.StateDir, "--socket", n.Socket,
 		"--node-name", "e2e-node", "--log-level", "debug", "--hubble-socket", n.HubbleSocket,
-		"--flow-log-file", n.FlowLog}, append(source, extraArgs...)...)
+		"--flow-log-file", n.FlowLog, "--metrics-addr", n.MetricsAddr}, append(source, extraArgs...)...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logF, logF
 	if err := cmd.Start(); err != nil {

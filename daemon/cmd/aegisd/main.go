@@ -24,6 +24,7 @@ import (
 	"github.com/aegis-cni/aegis/daemon/flowlog"
 	"github.com/aegis-cni/aegis/daemon/hubble"
 	"github.com/aegis-cni/aegis/daemon/manifests"
+	"github.com/aegis-cni/aegis/daemon/metrics"
 	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
@@ -43,6 +44,7 @@ type options struct {
 	flowLogFile     string
 	flowLogMaxMB    int
 	flowLogBackups  int
+	metricsAddr     string
 }
 
 func parseFlags(argv []string) (*options, error) {
@@ -71,6 +73,7 @@ func parseFlags(argv []string) (*options, error) {
 	fs.StringVar(&o.flowLogFile, "flow-log-file", flowlog.DefaultPath, "flow log file for the flows ContainerNetworkLog objects select; empty disables flow logs")
 	fs.IntVar(&o.flowLogMaxMB, "flow-log-max-size", 50, "rotate the flow log at this many MiB")
 	fs.IntVar(&o.flowLogBackups, "flow-log-backups", 5, "rotated flow log files to keep")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", metrics.DefaultAddr, "address of the Prometheus /metrics endpoint (loopback by default); empty disables it")
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.Usage = func() {
@@ -135,7 +138,7 @@ func run(ctx context.Context, o *options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
 	src, err := newSource(o, log)
 	if err != nil {
@@ -159,6 +162,15 @@ func run(ctx context.Context, o *options) error {
 			errc <- fmt.Errorf("flow observer: %w", err)
 		}
 	}()
+	if o.metricsAddr != "" {
+		m := metrics.New(a.Maps(), obs)
+		go m.Run(ctx)
+		go func() {
+			if err := m.Serve(ctx, o.metricsAddr); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	if o.flowLogFile != "" {
 		exp := flowlog.New(o.flowLogFile, int64(o.flowLogMaxMB)<<20, o.flowLogBackups, o.nodeName)
 		a.SetFlowLog(exp, o.flowLogFile)

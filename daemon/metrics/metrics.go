@@ -1,0 +1,171 @@
+// Package metrics exports Prometheus metrics: the pod-level hubble_*
+// families counted from the flow stream, with source and destination pod
+// and namespace as context labels (as Hubble's labelsContext does), and
+// node-level forward and drop counters read from the datapath at scrape
+// time.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
+)
+
+// DefaultAddr is Hubble's metrics port, on loopback.
+const DefaultAddr = "127.0.0.1:9965"
+
+var contextLabels = []string{"source_namespace", "source_pod", "destination_namespace", "destination_pod"}
+
+// Metrics holds the collectors.
+type Metrics struct {
+	reg      *prometheus.Registry
+	flows    *prometheus.CounterVec
+	drops    *prometheus.CounterVec
+	tcpFlags *prometheus.CounterVec
+	verdicts *prometheus.CounterVec
+	observer *observe.Observer
+	maps     *bpf.Maps
+}
+
+// New registers the collectors.
+func New(maps *bpf.Maps, obs *observe.Observer) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), maps: maps, observer: obs}
+	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_flows_processed_total", Help: "Total number of flows processed"},
+		append([]string{"type", "subtype", "verdict"}, contextLabels...))
+	m.drops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_drop_total", Help: "Number of drops"},
+		append([]string{"reason", "protocol", "traffic_direction"}, contextLabels...))
+	m.tcpFlags = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_tcp_flags_total", Help: "TCP flag occurrences"},
+		append([]string{"flag", "family"}, contextLabels...))
+	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_policy_verdicts_total", Help: "Number of policy verdicts"},
+		append([]string{"direction", "match", "action"}, contextLabels...))
+	m.reg.MustRegister(m.flows, m.drops, m.tcpFlags, m.verdicts, &nodeCollector{m: m})
+	return m
+}
+
+func ctxValues(f *flow.Flow) []string {
+	return []string{f.GetSource().GetNamespace(), f.GetSource().GetPodName(), f.GetDestination().GetNamespace(), f.GetDestination().GetPodName()}
+}
+
+// Count accounts one flow.
+func (m *Metrics) Count(f *flow.Flow) {
+	c := ctxValues(f)
+	m.flows.WithLabelValues(append([]string{"L3_L4", "to-endpoint", f.GetVerdict().String()}, c...)...).Inc()
+	if f.GetVerdict() == flow.Verdict_DROPPED {
+		m.drops.WithLabelValues(append([]string{f.GetDropReasonDesc().String(), protocol(f), strings.ToLower(f.GetTrafficDirection().String())}, c...)...).Inc()
+	}
+	if fl := f.GetL4().GetTCP().GetFlags(); fl != nil {
+		for _, x := range []struct {
+			on   bool
+			name string
+		}{{fl.GetSYN() && !fl.GetACK(), "SYN"}, {fl.GetSYN() && fl.GetACK(), "SYN-ACK"}, {fl.GetFIN(), "FIN"}, {fl.GetRST(), "RST"}} {
+			if x.on {
+				m.tcpFlags.WithLabelValues(append([]string{x.name, "IPv4"}, c...)...).Inc()
+			}
+		}
+	}
+	// A policy verdict is the decision on a new connection (or a drop).
+	if f.GetVerdict() == flow.Verdict_DROPPED || (f.GetL4().GetTCP().GetFlags().GetSYN() && !f.GetIsReply().GetValue()) {
+		match := "none"
+		if len(f.GetIngressAllowedBy())+len(f.GetEgressAllowedBy())+len(f.GetIngressDeniedBy())+len(f.GetEgressDeniedBy()) > 0 {
+			match = "l3-l4"
+		}
+		action := "forwarded"
+		if f.GetVerdict() == flow.Verdict_DROPPED {
+			action = "dropped"
+		}
+		m.verdicts.WithLabelValues(append([]string{strings.ToLower(f.GetTrafficDirection().String()), match, action}, c...)...).Inc()
+	}
+}
+
+func protocol(f *flow.Flow) string {
+	switch f.GetL4().GetProtocol().(type) {
+	case *flow.Layer4_TCP:
+		return "TCP"
+	case *flow.Layer4_UDP:
+		return "UDP"
+	case *flow.Layer4_SCTP:
+		return "SCTP"
+	case *flow.Layer4_ICMPv4:
+		return "ICMPv4"
+	}
+	return "Unknown"
+}
+
+// Run counts flows until ctx ends.
+func (m *Metrics) Run(ctx context.Context) {
+	ch, cancel := m.observer.Subscribe(65536)
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-ch:
+			m.Count(f)
+		}
+	}
+}
+
+// Serve exposes /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
+	}
+	return nil
+}
+
+// nodeCollector reads the datapath's per-CPU counters and the loss
+// counters at scrape time.
+type nodeCollector struct{ m *Metrics }
+
+var (
+	fwdDesc   = prometheus.NewDesc("aegis_forward_count_total", "Packets forwarded by the datapath", []string{"direction"}, nil)
+	fwdBytes  = prometheus.NewDesc("aegis_forward_bytes_total", "Bytes forwarded by the datapath", []string{"direction"}, nil)
+	dropDesc  = prometheus.NewDesc("aegis_drop_count_total", "Packets dropped by the datapath", []string{"reason", "direction"}, nil)
+	dropBytes = prometheus.NewDesc("aegis_drop_bytes_total", "Bytes dropped by the datapath", []string{"reason", "direction"}, nil)
+	lostDesc  = prometheus.NewDesc("hubble_lost_events_total", "Number of lost events", []string{"source"}, nil)
+)
+
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{fwdDesc, fwdBytes, dropDesc, dropBytes, lostDesc} {
+		ch <- d
+	}
+}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	if cs, err := c.m.maps.ReadCounters(); err == nil {
+		for k, v := range cs {
+			dir := policy.Direction(k.Dir).String()
+			if k.Reason == bpf.ReasonForwarded {
+				ch <- prometheus.MustNewConstMetric(fwdDesc, prometheus.CounterValue, float64(v.Packets), dir)
+				ch <- prometheus.MustNewConstMetric(fwdBytes, prometheus.CounterValue, float64(v.Bytes), dir)
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(dropDesc, prometheus.CounterValue, float64(v.Packets), bpf.ReasonName(k.Reason), dir)
+			ch <- prometheus.MustNewConstMetric(dropBytes, prometheus.CounterValue, float64(v.Bytes), bpf.ReasonName(k.Reason), dir)
+		}
+	}
+	st := c.m.observer.Stats()
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.KernelLost), "perf_event_ring_buffer")
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.DecodeErrors), "decode")
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.SubscriberLag), "observer_events_queue")
+}
