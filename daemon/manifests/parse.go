@@ -153,52 +153,15 @@ func (p *parser) object(where string, js []byte) {
 			p.object(fmt.Sprintf("%s items[%d]", where, i), item)
 		}
 	case "v1/Namespace":
-		ns := &corev1.Namespace{}
-		if name, ok := p.decode(where, "Namespace", js, ns); ok {
-			if p.validateNamespace(name, ns) {
-				p.out.Namespaces = append(p.out.Namespaces, ns)
-			}
-		}
+		decodeKind(p, where, "Namespace", js, false, p.validateNamespace, &p.out.Namespaces)
 	case "v1/Pod":
-		pod := &corev1.Pod{}
-		if name, ok := p.decode(where, "Pod", js, pod); ok {
-			if pod.Namespace == "" {
-				pod.Namespace = "default"
-			}
-			if p.validatePod(name, pod) {
-				p.out.Pods = append(p.out.Pods, pod)
-			}
-		}
+		decodeKind(p, where, "Pod", js, true, p.validatePod, &p.out.Pods)
 	case "networking.k8s.io/v1/NetworkPolicy":
-		np := &networkingv1.NetworkPolicy{}
-		if name, ok := p.decode(where, "NetworkPolicy", js, np); ok {
-			if np.Namespace == "" {
-				np.Namespace = "default"
-			}
-			if p.validateNetworkPolicy(name, np) {
-				p.out.NetworkPolicies = append(p.out.NetworkPolicies, np)
-			}
-		}
+		decodeKind(p, where, "NetworkPolicy", js, true, p.validateNetworkPolicy, &p.out.NetworkPolicies)
 	case "v1/Service":
-		svc := &corev1.Service{}
-		if name, ok := p.decode(where, "Service", js, svc); ok {
-			if svc.Namespace == "" {
-				svc.Namespace = "default"
-			}
-			if p.validateService(name, svc) {
-				p.out.Services = append(p.out.Services, svc)
-			}
-		}
+		decodeKind(p, where, "Service", js, true, p.validateService, &p.out.Services)
 	case "discovery.k8s.io/v1/EndpointSlice":
-		es := &discoveryv1.EndpointSlice{}
-		if name, ok := p.decode(where, "EndpointSlice", js, es); ok {
-			if es.Namespace == "" {
-				es.Namespace = "default"
-			}
-			if p.validateEndpointSlice(name, es) {
-				p.out.EndpointSlices = append(p.out.EndpointSlices, es)
-			}
-		}
+		decodeKind(p, where, "EndpointSlice", js, true, p.validateEndpointSlice, &p.out.EndpointSlices)
 	default:
 		if !laterKinds[gvk] {
 			p.fail(where, "", fmt.Errorf("unsupported kind %s %s (want v1 Namespace, Pod, Service, List, discovery.k8s.io/v1 EndpointSlice, networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy, acn.azure.com/v1alpha1 ContainerNetworkLog)", tm.APIVersion, tm.Kind))
@@ -220,6 +183,26 @@ func (p *parser) object(where string, js []byte) {
 			}
 		}
 		p.out.Others = append(p.out.Others, u)
+	}
+}
+
+// decodeKind decodes one object of a typed kind, defaults the namespace of
+// namespaced kinds to "default" (as kubectl does), validates it, and keeps
+// it when valid.
+func decodeKind[T any, PT interface {
+	*T
+	metav1.Object
+}](p *parser, where, kind string, js []byte, namespaced bool, validate func(string, PT) bool, out *[]PT) {
+	obj := PT(new(T))
+	name, ok := p.decode(where, kind, js, obj)
+	if !ok {
+		return
+	}
+	if namespaced && obj.GetNamespace() == "" {
+		obj.SetNamespace("default")
+	}
+	if validate(name, obj) {
+		*out = append(*out, obj)
 	}
 }
 
