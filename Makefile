@@ -28,7 +28,8 @@ build:
 # The primary plugins the e2e chains run in front of aegis-cni, built once
 # into the cache: the CNI reference plugins at the version go.mod pins, and
 # the real Azure CNI (azure-vnet v1.7.0) with its CNS stand-in; and the real
-# kube-apiserver v1.37.2 with Debian's etcd for the Kubernetes API source.
+# kube-apiserver v1.37.2 with Debian's etcd for the Kubernetes API source;
+# and the stock hubble CLI, which must work against aegisd unchanged.
 peers:
 	@if [ -x $(CNI_PLUGINS)/ptp ] && [ -x $(CNI_PLUGINS)/host-local ]; then \
 		echo "peers: CNI reference plugins v1.9.1 cached in $(CNI_PLUGINS)"; \
@@ -40,6 +41,7 @@ peers:
 	fi
 	@./scripts/build-azure-vnet.sh
 	@AEGIS_KUBECTL=0 ./scripts/build-kube-apiserver.sh
+	@./scripts/build-hubble-cli.sh
 
 generate:
 	cd bpf && BPF_CLANG=clang $(GO) generate ./

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -324,7 +325,10 @@ spec:
 		deadline := time.Now().Add(3 * time.Second)
 		for time.Now().Before(deadline) && len(lines) == 0 {
 			data, _ := os.ReadFile(n.FlowLog)
-			lines = strings.Fields(string(data))
+			lines = strings.Split(strings.TrimSpace(string(data)), "\n")
+			if lines[0] == "" {
+				lines = nil
+			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		if len(lines) == 0 {
@@ -689,6 +693,7 @@ func checkHubble(t *testing.T, c *cluster) {
 	if _, err := invalidFilter(ctx, cl); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("an invalid filter: %v, want InvalidArgument", err)
 	}
+	checkHubbleCLI(t, c)
 	st, err := cl.ServerStatus(ctx, &observer.ServerStatusRequest{})
 	if err != nil || st.GetSeenFlows() == 0 || st.GetMaxFlows() == 0 {
 		t.Errorf("ServerStatus: %v %v", st, err)
@@ -707,4 +712,53 @@ func invalidFilter(ctx context.Context, cl observer.ObserverClient) (*observer.G
 		return nil, err
 	}
 	return stream.Recv()
+}
+
+// checkHubbleCLI runs the stock hubble CLI against the node, as a
+// platform engineer would.
+func checkHubbleCLI(t *testing.T, c *cluster) {
+	t.Helper()
+	bin := filepath.Join(cacheDir(), "hubble-v1.20.2", "hubble")
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s missing: run scripts/build-hubble-cli.sh (make peers does)", bin)
+		}
+		t.Logf("SKIPPED the stock hubble CLI check: %s missing (make peers builds it)", bin)
+		return
+	}
+	out, err := exec.Command(bin, "observe", "--server", "unix://"+c.n.HubbleSocket, "--verdict", "DROPPED",
+		"--to-pod", "prod/web", "--last", "50", "-o", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("hubble observe: %v\n%s", err, out)
+	}
+	var n int
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var rec struct {
+			Flow json.RawMessage `json:"flow"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Flow == nil {
+			t.Fatalf("hubble observe printed %q", line)
+		}
+		var f flow.Flow
+		if err := protojson.Unmarshal(rec.Flow, &f); err != nil {
+			t.Fatal(err)
+		}
+		if f.GetVerdict() != flow.Verdict_DROPPED || f.GetDestination().GetPodName() != "web" {
+			t.Errorf("hubble observe --verdict DROPPED --to-pod prod/web printed %v", &f)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Error("hubble observe --verdict DROPPED printed no flow")
+	}
+	if out, err := exec.Command(bin, "status", "--server", "unix://"+c.n.HubbleSocket).CombinedOutput(); err != nil || !strings.Contains(string(out), "Healthcheck") {
+		t.Errorf("hubble status: %v\n%s", err, out)
+	}
+}
+
+func cacheDir() string {
+	if d := os.Getenv("AEGIS_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/aegis"
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -19,6 +21,9 @@ import (
 
 // DefaultSocket is where aegisd serves the Observer API on a node.
 const DefaultSocket = "/var/run/aegis/hubble.sock"
+
+// healthServiceName is the name Hubble clients check health under.
+const healthServiceName = "hubble.server.Observer"
 
 // Server implements Hubble's Observer service over the observer's flows.
 type Server struct {
@@ -42,6 +47,12 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 	}
 	g := grpc.NewServer()
 	observer.RegisterObserverServer(g, s)
+	// `hubble status` asks the standard health service first.
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(observer.Observer_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(healthServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 	go func() { <-ctx.Done(); g.Stop() }()
 	if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve hubble API on %s: %w", socket, err)
