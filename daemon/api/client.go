@@ -126,10 +126,3 @@ func (c *Client) Trace(ctx context.Context, req TraceRequest) (*TraceResponse, e
 	var r TraceResponse
 	return &r, c.do(ctx, http.MethodPost, "/v1/trace", nil, req, &r)
 }
-
-// Flows returns recent flows matching the query (last, verdict,
-// namespace, pod, from-pod, to-pod).
-func (c *Client) Flows(ctx context.Context, q url.Values) (*FlowsResponse, error) {
-	var r FlowsResponse
-	return &r, c.do(ctx, http.MethodGet, "/v1/flows", q, nil, &r)
-}

@@ -31,7 +31,6 @@ type Backend interface {
 	Identities() []Identity
 	Policy(q url.Values) ([]Policy, error)
 	Trace(req TraceRequest) (*TraceResponse, error)
-	Flows(q url.Values) (*FlowsResponse, error)
 }
 
 // ListenRootOnly listens on a unix socket only root may use: 0600 in a
@@ -115,10 +114,6 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, r *http.Request) {
 		p, err := b.Policy(r.URL.Query())
 		reply(w, p, err)
-	})
-	mux.HandleFunc("GET /v1/flows", func(w http.ResponseWriter, r *http.Request) {
-		resp, err := b.Flows(r.URL.Query())
-		reply(w, resp, err)
 	})
 	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
 		var req TraceRequest

@@ -4,7 +4,6 @@
 package api
 
 import (
-	"encoding/json"
 	"net/netip"
 	"time"
 )
@@ -175,23 +174,6 @@ type TraceResponse struct {
 	Destination TracePeer   `json:"destination"`
 	Verdict     string      `json:"verdict"` // FORWARDED or DROPPED
 	Steps       []TraceStep `json:"steps"`
-}
-
-// FlowsResponse carries flows, each in Hubble's JSON encoding of
-// flow.Flow, and the observer's counters.
-type FlowsResponse struct {
-	Flows []json.RawMessage `json:"flows"`
-	Stats FlowStats         `json:"stats"`
-}
-
-// FlowStats is what the flow observer saw and lost.
-type FlowStats struct {
-	Seen          uint64 `json:"seen"`
-	KernelLost    uint64 `json:"kernelLost"`
-	DecodeErrors  uint64 `json:"decodeErrors"`
-	SubscriberLag uint64 `json:"subscriberLag"`
-	Capacity      int    `json:"capacity"`
-	Stored        int    `json:"stored"`
 }
 
 // FlowLogStatus says which ContainerNetworkLogs are in force and how the

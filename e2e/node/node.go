@@ -261,7 +261,7 @@ func (n *Node) Client() *api.Client { return api.NewClient(n.Socket, 10*time.Sec
 
 // CLI runs the aegis CLI against this node and returns its stdout.
 func (n *Node) CLI(args ...string) (string, error) {
-	full := append([]string{"--socket", n.Socket, "--bpf-root", n.BPFRoot}, args...)
+	full := append([]string{"--socket", n.Socket, "--bpf-root", n.BPFRoot, "--hubble-socket", n.HubbleSocket}, args...)
 	out, err := exec.Command(filepath.Join(n.Bin.Aegis, "aegis"), full...).CombinedOutput()
 	return string(out), err
 }

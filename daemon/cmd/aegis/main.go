@@ -9,11 +9,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/hubble"
 )
 
 const usage = `usage: aegis [--socket PATH] [--bpf-root DIR] COMMAND [-o json]
@@ -27,8 +30,10 @@ Commands:
   policy trace --src PEER --dst PEER [--proto TCP] --port N
                               verdict for a connection and the rule that decides it;
                               a PEER is NAMESPACE/POD, an IP address, world or host
-  observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P] [--last N] [-o compact|json]
-                              recent flows with verdicts, like hubble observe
+  observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P]
+          [--from-ip IP] [--to-ip IP] [--protocol P] [--port N] [--label SEL] [--to-fqdn NAME]
+          [--drop-reason-desc R] [--type drop|trace] [--since 5m] [--last N] [--follow] [-o compact|json]
+                              flows with verdicts through the Hubble API, like hubble observe
   bpf endpoint list           the endpoints map, read from the pins
   bpf policy list             the policy map
   bpf ipcache list            the ipcache map
@@ -37,8 +42,9 @@ Commands:
 `
 
 type globals struct {
-	socket  string
-	bpfRoot string
+	socket       string
+	hubbleSocket string
+	bpfRoot      string
 }
 
 func main() {
@@ -56,6 +62,7 @@ func run(ctx context.Context, argv []string) error {
 	fs := flag.NewFlagSet("aegis", flag.ContinueOnError)
 	fs.StringVar(&g.socket, "socket", api.DefaultSocket, "aegisd's local API socket")
 	fs.StringVar(&g.bpfRoot, "bpf-root", bpf.DefaultRoot, "bpffs root of the pinned maps")
+	fs.StringVar(&g.hubbleSocket, "hubble-socket", hubble.DefaultSocket, "aegisd's Hubble API socket (for observe)")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	if err := fs.Parse(argv); err != nil {
 		return err
@@ -65,10 +72,16 @@ func run(ctx context.Context, argv []string) error {
 		fs.Usage()
 		return flag.ErrHelp
 	}
+	cmd, rest := args[0], args[1:]
+	if cmd == "observe" {
+		// Follows run until interrupted, not for a fixed time.
+		sctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return cmdObserve(sctx, g.hubbleSocket, rest)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	client := api.NewClient(g.socket, 30*time.Second)
-	cmd, rest := args[0], args[1:]
 	if len(rest) > 0 && (cmd == "endpoint" || cmd == "identity" || cmd == "policy" || cmd == "bpf") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
@@ -84,8 +97,6 @@ func run(ctx context.Context, argv []string) error {
 		return cmdIdentities(ctx, client, rest)
 	case "policy get":
 		return cmdPolicy(ctx, client, rest)
-	case "observe":
-		return cmdObserve(ctx, client, rest)
 	case "policy trace":
 		return cmdTrace(ctx, client, rest)
 	case "bpf endpoint list", "bpf policy list", "bpf ipcache list", "bpf ct list", "bpf counters":
