@@ -1,60 +1,100 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 )
 
-func openStore(c *config) (*disk.Store, error) {
-	s, err := disk.New(c.netName, c.ipam.DataDir)
+func cmdAdd(args *skel.CmdArgs) error {
+	res, err := add(args)
 	if err != nil {
-		return nil, fmt.Errorf("open allocation store in %s: %w", c.ipam.DataDir, err)
+		return err
 	}
-	return s, nil
+	return res.Print()
 }
 
-// existing returns the address already reserved for (id, ifname), so a
-// repeated ADD answers the same address instead of failing or taking a
-// second one.
-func existing(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, error) {
-	if err := s.Lock(); err != nil {
-		return nil, fmt.Errorf("lock allocation store: %w", err)
-	}
-	defer s.Unlock()
-	for _, ip := range s.GetByID(id, ifname) {
-		r, err := c.rangeSet.RangeFor(ip)
+// add is ADD up to the printing of the result, which is in the version
+// the configuration asked for.
+func add(args *skel.CmdArgs) (types.Result, error) {
+	var res types.Result
+	err := withStore(args, func(c *config, s *disk.Store) error {
+		ipc, err := allocate(s, c, args.ContainerID, args.IfName)
+		if errors.Is(err, errExhausted) {
+			return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+		}
 		if err != nil {
-			continue
+			return err
 		}
-		return &current.IPConfig{Address: *ipNet(ip, r), Gateway: r.Gateway}, nil
-	}
-	return nil, nil
+		r := &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: []*current.IPConfig{ipc}, Routes: c.routes}
+		if res, err = r.GetAsVersion(c.cniVersion); err != nil {
+			return fmt.Errorf("convert result to %s: %w", c.cniVersion, err)
+		}
+		return nil
+	})
+	return res, err
 }
 
-// allocate returns the address of (id, ifname): the one it already has,
-// or a new one.
-func allocate(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, error) {
-	ipc, err := existing(s, c, id, ifname)
-	if err != nil || ipc != nil {
-		return ipc, err
-	}
-	ipc, err = allocator.NewIPAllocator(&c.rangeSet, s, 0).Get(id, ifname, nil)
-	if err != nil {
-		if strings.Contains(err.Error(), "no IP addresses available") {
-			return nil, types.NewError(types.ErrTryAgainLater, "pod CIDR exhausted", err.Error())
+// cmdDel releases the attachment's address. Nothing to release, a second
+// DEL included, is success.
+func cmdDel(args *skel.CmdArgs) error {
+	return withStore(args, func(_ *config, s *disk.Store) error {
+		return release(s, args.ContainerID, args.IfName)
+	})
+}
+
+// cmdCheck verifies that the attachment still holds an address in the
+// range and, when the runtime passes the ADD result, that it is the one
+// the result names.
+func cmdCheck(args *skel.CmdArgs) error {
+	return withStore(args, func(c *config, s *disk.Store) error {
+		ip, err := lookup(s, c, args.ContainerID, args.IfName)
+		if err != nil {
+			return err
 		}
-		return nil, fmt.Errorf("allocate address: %w", err)
+		if ip == nil {
+			return fmt.Errorf("check %s/%s: no address reserved in %s", args.ContainerID, args.IfName, c.rng.String())
+		}
+		if c.prevResult == nil {
+			return nil
+		}
+		for _, ipc := range c.prevResult.IPs {
+			if ipc.Address.IP.Equal(ip) {
+				return nil
+			}
+		}
+		return fmt.Errorf("check %s/%s: reserved address %s is not in prevResult", args.ContainerID, args.IfName, ip)
+	})
+}
+
+// cmdGC releases every reservation whose attachment is not among
+// cni.dev/valid-attachments.
+func cmdGC(args *skel.CmdArgs) error {
+	return withStore(args, func(c *config, s *disk.Store) error {
+		return collect(s, c)
+	})
+}
+
+// cmdStatus says whether an ADD could succeed now: the pod CIDR is known
+// and the data directory takes writes. Either failing is "plugin not
+// available" (50), which the runtime reports as the network not ready.
+func cmdStatus(args *skel.CmdArgs) error {
+	c, err := parseConfig(args.StdinData)
+	if errors.Is(err, errNoPodCIDR) {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
-	return ipc, nil
+	if err != nil {
+		return configError(err)
+	}
+	if err := probe(c); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	return nil
 }
 
 // withStore parses the configuration and opens the allocation store for
@@ -62,7 +102,7 @@ func allocate(s *disk.Store, c *config, id, ifname string) (*current.IPConfig, e
 func withStore(args *skel.CmdArgs, fn func(*config, *disk.Store) error) error {
 	c, err := parseConfig(args.StdinData)
 	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
+		return configError(err)
 	}
 	s, err := openStore(c)
 	if err != nil {
@@ -72,98 +112,19 @@ func withStore(args *skel.CmdArgs, fn func(*config, *disk.Store) error) error {
 	return fn(c, s)
 }
 
-func cmdAdd(args *skel.CmdArgs) error {
-	return withStore(args, func(c *config, s *disk.Store) error {
-		ipc, err := allocate(s, c, args.ContainerID, args.IfName)
-		if err != nil {
-			return err
-		}
-		res := &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: []*current.IPConfig{ipc}, Routes: c.ipam.Routes}
-		return types.PrintResult(res, c.cniVersion)
-	})
-}
-
-func cmdDel(args *skel.CmdArgs) error {
-	return withStore(args, func(c *config, s *disk.Store) error {
-		if err := allocator.NewIPAllocator(&c.rangeSet, s, 0).Release(args.ContainerID, args.IfName); err != nil {
-			return fmt.Errorf("release address: %w", err)
-		}
-		return nil
-	})
-}
-
-func cmdCheck(args *skel.CmdArgs) error {
-	return withStore(args, func(c *config, s *disk.Store) error {
-		ipc, err := existing(s, c, args.ContainerID, args.IfName)
-		if err != nil {
-			return err
-		}
-		if ipc == nil {
-			return fmt.Errorf("check: no address reserved for %s/%s", args.ContainerID, args.IfName)
-		}
-		return nil
-	})
-}
-
-// cmdStatus fails with "plugin not available" when ADD could not work:
-// the data directory is not writable.
-func cmdStatus(args *skel.CmdArgs) error {
-	c, err := parseConfig(args.StdinData)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid configuration", err.Error())
+// configError gives a parseConfig error the CNI code a runtime can act
+// on; the message names the field.
+func configError(err error) *types.Error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	code := types.ErrInvalidNetworkConfig
+	switch {
+	case errors.Is(err, errNoPodCIDR):
+		code = types.ErrTryAgainLater
+	case errors.Is(err, errVersion):
+		code = types.ErrIncompatibleCNIVersion
+	case errors.As(err, &syntax), errors.As(err, &typ):
+		code = types.ErrDecodingFailure
 	}
-	dir := filepath.Join(c.ipam.DataDir, c.netName)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, "data directory not usable", err.Error())
-	}
-	f, err := os.CreateTemp(dir, ".status-")
-	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, "data directory not writable", err.Error())
-	}
-	f.Close()
-	os.Remove(f.Name())
-	return nil
-}
-
-// cmdGC releases every reservation whose attachment the runtime no longer
-// lists as valid.
-func cmdGC(args *skel.CmdArgs) error {
-	return withStore(args, func(c *config, s *disk.Store) error {
-		return gc(c, s)
-	})
-}
-
-func gc(c *config, s *disk.Store) error {
-	valid := map[string]bool{}
-	for _, a := range c.valid {
-		valid[a.ContainerID+"\n"+a.IfName] = true
-	}
-	if err := s.Lock(); err != nil {
-		return fmt.Errorf("lock allocation store: %w", err)
-	}
-	defer s.Unlock()
-	dir := filepath.Join(c.ipam.DataDir, c.netName)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("gc: list reservations: %w", err)
-	}
-	var errs []error
-	for _, e := range entries {
-		if e.IsDir() || strings.HasPrefix(e.Name(), "last_reserved_ip") || strings.HasPrefix(e.Name(), ".") || e.Name() == "lock" {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		id, ifname, _ := strings.Cut(strings.TrimSpace(string(data)), disk.LineBreak)
-		id, ifname = strings.TrimSpace(id), strings.TrimSpace(ifname)
-		if valid[id+"\n"+ifname] {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return types.NewError(code, err.Error(), "")
 }

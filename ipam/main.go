@@ -1,13 +1,10 @@
-// Command aegis-ipam is an IPAM plugin for standalone nodes and tests: it
-// allocates pod IPs from the node's overlay pod CIDR, on the host-local
+// Command aegis-ipam is the IPAM plugin for standalone nodes and tests: it
+// hands out pod IPs from the node's overlay pod CIDR, on host-local's
 // allocator and its crash-safe disk store. On AKS, azure-vnet takes its
-// addresses from CNS instead.
+// addresses from CNS instead and aegis-ipam is not used.
 package main
 
-import (
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
-)
+import "github.com/containernetworking/cni/pkg/skel"
 
 // Version is stamped at build time.
 var Version = "dev"
@@ -19,6 +16,5 @@ func main() {
 		Check:  cmdCheck,
 		Status: cmdStatus,
 		GC:     cmdGC,
-	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
-		"aegis-ipam "+Version+": pod IPs from the node's pod CIDR")
+	}, supportedVersions, "aegis-ipam "+Version+": pod IPs from the node's pod CIDR")
 }

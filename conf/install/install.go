@@ -1,254 +1,228 @@
-// Package install inserts Aegis into the node's CNI conflist right after
-// the primary plugin, and takes it out again. Edits are atomic (a
-// temporary file in the same directory, synced, renamed over the original,
-// mode kept) and idempotent, and keep every other plugin and every field,
-// known or not, in its original order.
-//
-// `aegis-cni install` and `aegis-cni uninstall` are the commands built on
-// it.
 package install
 
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/aegis-cni/aegis/daemon/state"
 )
 
-// FindConflist picks the configuration the container runtime uses in dir:
-// the lexically first *.conflist, *.conf or *.json, as libcni does.
-func FindConflist(dir string) (string, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return "", fmt.Errorf("find conflist in %s: %w", dir, err)
-	}
-	var names []string
-	for _, e := range entries {
-		switch filepath.Ext(e.Name()) {
-		case ".conflist", ".conf", ".json":
-			if !e.IsDir() {
-				names = append(names, e.Name())
-			}
-		}
-	}
-	if len(names) == 0 {
-		return "", fmt.Errorf("find conflist in %s: no *.conflist, *.conf or *.json file", dir)
-	}
-	slices.Sort(names)
-	return filepath.Join(dir, names[0]), nil
-}
-
-// member is one key of a JSON object with its raw value.
-type member struct {
-	key   string
-	value json.RawMessage
-}
-
-// object is a JSON object that remembers its key order.
-type object []member
-
-func (o object) get(key string) (json.RawMessage, bool) {
-	for _, m := range o {
-		if m.key == key {
-			return m.value, true
-		}
-	}
-	return nil, false
-}
-
-func (o object) set(key string, v json.RawMessage) object {
-	for i := range o {
-		if o[i].key == key {
-			o[i].value = v
-			return o
-		}
-	}
-	return append(o, member{key, v})
-}
-
-func parseObject(data []byte) (object, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, errors.New("not a JSON object")
-	}
-	var o object
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil, errors.New("object key is not a string")
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("value of %q: %w", key, err)
-		}
-		o = append(o, member{key, v})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("trailing data after the object")
-	}
-	return o, nil
-}
-
-func (o object) marshal() []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, m := range o {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(m.key)
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(m.value)
-	}
-	b.WriteByte('}')
-	return b.Bytes()
-}
-
-// conflist is a parsed conflist: its top-level object and its plugins.
-type conflist struct {
-	top     object
-	plugins []json.RawMessage
-}
-
-func readConflist(path string) (*conflist, os.FileMode, error) {
-	if filepath.Ext(path) == ".conf" {
-		return nil, 0, fmt.Errorf("%s: a .conf file holds one plugin; chaining needs a .conflist", path)
-	}
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	top, err := parseObject(data)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%s: not a JSON conflist: %w", path, err)
-	}
-	raw, ok := top.get("plugins")
-	if !ok {
-		return nil, 0, fmt.Errorf("%s: no \"plugins\" array", path)
-	}
-	var plugins []json.RawMessage
-	if err := json.Unmarshal(raw, &plugins); err != nil {
-		return nil, 0, fmt.Errorf("%s: \"plugins\" is not an array of objects: %w", path, err)
-	}
-	return &conflist{top: top, plugins: plugins}, info.Mode().Perm(), nil
-}
-
-func pluginTypeName(raw json.RawMessage) string {
-	var p struct {
-		Type string `json:"type"`
-	}
-	_ = json.Unmarshal(raw, &p)
-	return p.Type
-}
-
-func (c *conflist) indexOf(typ string) int {
-	for i, p := range c.plugins {
-		if pluginTypeName(p) == typ {
-			return i
-		}
-	}
-	return -1
-}
-
-func (c *conflist) bytes() ([]byte, error) {
-	var arr bytes.Buffer
-	arr.WriteByte('[')
-	for i, p := range c.plugins {
-		if i > 0 {
-			arr.WriteByte(',')
-		}
-		arr.Write(p)
-	}
-	arr.WriteByte(']')
-	top := c.top.set("plugins", arr.Bytes())
-	var out bytes.Buffer
-	if err := json.Indent(&out, top.marshal(), "", "  "); err != nil {
-		return nil, fmt.Errorf("format conflist: %w", err)
-	}
-	out.WriteByte('\n')
-	return out.Bytes(), nil
-}
-
-// Install inserts entry (a plugin object whose "type" names the plugin)
-// right after the plugin of type after ("" means after the first plugin).
-// An entry of the same type already present is replaced in place when it
-// differs and left alone when identical. changed says whether the file was
-// written.
+// Install inserts the plugin config entry (a JSON object whose "type" is
+// the plugin name) into the conflist at path, right after the plugin whose
+// type is after (for instance "azure-vnet" or "ptp"); after == "" means
+// after the first plugin. An entry of the same type already present is
+// replaced in place if it differs and left alone if it is the same JSON;
+// changed reports whether the file was written. Every other plugin and
+// every other byte of the file stay as they were.
 func Install(path string, entry map[string]any, after string) (changed bool, err error) {
 	typ, _ := entry["type"].(string)
 	if typ == "" {
-		return false, errors.New("install: the plugin entry has no \"type\"")
+		return false, fmt.Errorf(`install into %s: the plugin entry has no "type"`, path)
 	}
-	c, mode, err := readConflist(path)
+	verb := fmt.Sprintf("install %s into %s", typ, path)
+	if after == typ {
+		return false, fmt.Errorf("%s: cannot chain %s after itself", verb, typ)
+	}
+	want, err := marshalEntry(entry)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("%s: %w", verb, err)
 	}
-	raw, err := marshalEntry(entry)
-	if err != nil {
-		return false, err
-	}
-	if i := c.indexOf(typ); i >= 0 {
-		if equalJSON(c.plugins[i], raw) {
-			return false, nil
-		}
-		c.plugins[i] = raw
-	} else {
-		pos := 1
-		if after != "" {
-			j := c.indexOf(after)
-			if j < 0 {
-				return false, fmt.Errorf("%s: no plugin of type %q to insert %s after", path, after, typ)
-			}
-			pos = j + 1
-		}
-		if len(c.plugins) == 0 {
-			return false, fmt.Errorf("%s: no plugins: %s must be chained after a primary plugin", path, typ)
-		}
-		c.plugins = slices.Insert(c.plugins, pos, raw)
-	}
-	return true, write(path, c, mode)
+	return edit(path, verb, func(data []byte) ([]byte, error) {
+		return installBytes(data, want, typ, after)
+	})
 }
 
-// Uninstall removes every plugin of type pluginType.
+// Uninstall removes every plugin of type pluginType from the conflist at
+// path; changed reports whether there was one.
 func Uninstall(path string, pluginType string) (changed bool, err error) {
-	c, mode, err := readConflist(path)
-	if err != nil {
-		return false, err
+	verb := fmt.Sprintf("uninstall %s from %s", pluginType, path)
+	if pluginType == "" {
+		return false, fmt.Errorf("%s: no plugin type given", verb)
 	}
-	n := len(c.plugins)
-	c.plugins = slices.DeleteFunc(c.plugins, func(p json.RawMessage) bool { return pluginTypeName(p) == pluginType })
-	if len(c.plugins) == n {
+	return edit(path, verb, func(data []byte) ([]byte, error) {
+		return uninstallBytes(data, pluginType)
+	})
+}
+
+// installBytes is Install on the conflist's bytes; want is the entry as
+// compact JSON, typ its type.
+func installBytes(data, want []byte, typ, after string) ([]byte, error) {
+	l, err := scan(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.plugins) == 0 {
+		return nil, fmt.Errorf("the plugins array is empty: nothing to chain %s after", typ)
+	}
+	if after != "" && !slices.Contains(l.types, after) {
+		return nil, fmt.Errorf("no plugin of type %q to chain %s after (plugins: %s)", after, typ, strings.Join(l.types, ", "))
+	}
+	// A second entry of ours would run the plugin twice per pod: keep the
+	// first.
+	for {
+		i := slices.Index(l.types, typ)
+		if i < 0 {
+			break
+		}
+		j := slices.Index(l.types[i+1:], typ)
+		if j < 0 {
+			break
+		}
+		if l, err = scan(l.remove(i + 1 + j)); err != nil {
+			return nil, err
+		}
+	}
+	if i := slices.Index(l.types, typ); i >= 0 {
+		if sameJSON(l.plugin(i), want) {
+			return l.data, nil
+		}
+		return l.replace(i, want), nil
+	}
+	pos := 0
+	if after != "" {
+		pos = slices.Index(l.types, after)
+	}
+	return l.insertAfter(pos, want), nil
+}
+
+// uninstallBytes is Uninstall on the conflist's bytes.
+func uninstallBytes(data []byte, typ string) ([]byte, error) {
+	for {
+		l, err := scan(data)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.Index(l.types, typ)
+		if i < 0 {
+			return data, nil
+		}
+		data = l.remove(i)
+	}
+}
+
+// edit runs fn on the conflist's bytes and writes the result back
+// atomically if it differs.
+func edit(path, verb string, fn func([]byte) ([]byte, error)) (bool, error) {
+	switch ext := filepath.Ext(path); ext {
+	case ".conflist":
+	case ".conf", ".json":
+		return false, fmt.Errorf("%s: the runtime reads a %s file as a single plugin; chaining needs a .conflist", verb, ext)
+	default:
+		return false, fmt.Errorf("%s: not a .conflist file", verb)
+	}
+	// Edit a symlinked conflist where it points: renaming over the link
+	// would replace it with a copy.
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", verb, err)
+	}
+	info, err := os.Stat(real)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", verb, err)
+	}
+	data, err := os.ReadFile(real)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", verb, err)
+	}
+	out, err := fn(data)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", verb, err)
+	}
+	if bytes.Equal(out, data) {
 		return false, nil
 	}
-	return true, write(path, c, mode)
+	// Whatever the edit did, the runtime must never be handed a file it
+	// cannot read.
+	if _, err := scan(out); err != nil {
+		return false, fmt.Errorf("%s: the edit would leave an invalid conflist: %w", verb, err)
+	}
+	if err := state.WriteFile(real, out, info.Mode().Perm()); err != nil {
+		return false, fmt.Errorf("%s: %w", verb, err)
+	}
+	return true, nil
 }
 
-// marshalEntry encodes the entry with "type" first, the rest sorted, so
-// the same entry always produces the same bytes.
-func marshalEntry(entry map[string]any) (json.RawMessage, error) {
-	var o object
+func (l *layout) plugin(i int) []byte { return l.data[l.plugins[i].start:l.plugins[i].end] }
+
+// leading is the space between plugin i and the comma or bracket before
+// it: the file's own separator, reused for an inserted plugin.
+func (l *layout) leading(i int) []byte {
+	s := l.plugins[i].start
+	k := s
+	for k > 0 && isSpace(l.data[k-1]) {
+		k--
+	}
+	return l.data[k:s]
+}
+
+// insertAfter adds entry after plugin i, separated and indented as plugin
+// i is. remove(i+1) takes out exactly these bytes again.
+func (l *layout) insertAfter(i int, entry []byte) []byte {
+	at := l.plugins[i].end
+	return slices.Concat(l.data[:at], []byte(","), l.leading(i), l.render(entry, i), l.data[at:])
+}
+
+func (l *layout) replace(i int, entry []byte) []byte {
+	p := l.plugins[i]
+	return slices.Concat(l.data[:p.start], l.render(entry, i), l.data[p.end:])
+}
+
+// remove takes plugin i out with the separator before it (after it, for
+// the first plugin).
+func (l *layout) remove(i int) []byte {
+	p := l.plugins
+	switch {
+	case i > 0:
+		return slices.Concat(l.data[:p[i-1].end], l.data[p[i].end:])
+	case len(p) > 1:
+		return slices.Concat(l.data[:p[0].start], l.data[p[1].start:])
+	default:
+		return slices.Concat(l.data[:l.array.start+1], l.data[l.array.end-1:])
+	}
+}
+
+// render lays entry (compact JSON) out the way plugin i is: over several
+// lines in the file's indentation if plugin i is, on one line otherwise.
+func (l *layout) render(entry []byte, i int) []byte {
+	ws := l.leading(i)
+	nl := bytes.LastIndexByte(ws, '\n')
+	if nl < 0 || !bytes.Contains(l.plugin(i), []byte("\n")) {
+		return entry
+	}
+	var b bytes.Buffer
+	if err := json.Indent(&b, entry, string(ws[nl+1:]), indentUnit(l.data)); err != nil {
+		return entry // marshalEntry made it; it is valid JSON
+	}
+	if bytes.Contains(ws, []byte("\r\n")) {
+		return bytes.ReplaceAll(b.Bytes(), []byte("\n"), []byte("\r\n"))
+	}
+	return b.Bytes()
+}
+
+// indentUnit is the file's indentation step: the leading space of its
+// first indented line, which for a conflist is a top-level key.
+func indentUnit(data []byte) string {
+	for line := range bytes.Lines(data) {
+		n := 0
+		for n < len(line) && (line[n] == ' ' || line[n] == '\t') {
+			n++
+		}
+		if n > 0 && n < len(line) && !isSpace(line[n]) {
+			return string(line[:n])
+		}
+	}
+	return "  "
+}
+
+// marshalEntry encodes entry compactly with "type" first and the other
+// keys sorted, so the same entry always gives the same bytes.
+func marshalEntry(entry map[string]any) ([]byte, error) {
 	keys := make([]string, 0, len(entry))
 	for k := range entry {
 		if k != "type" {
@@ -256,32 +230,43 @@ func marshalEntry(entry map[string]any) (json.RawMessage, error) {
 		}
 	}
 	slices.Sort(keys)
-	for _, k := range append([]string{"type"}, keys...) {
-		v, err := json.Marshal(entry[k])
-		if err != nil {
+	var b bytes.Buffer
+	for i, k := range append([]string{"type"}, keys...) {
+		if i == 0 {
+			b.WriteByte('{')
+		} else {
+			b.WriteByte(',')
+		}
+		if err := encodeValue(&b, k); err != nil {
+			return nil, err
+		}
+		b.WriteByte(':')
+		if err := encodeValue(&b, entry[k]); err != nil {
 			return nil, fmt.Errorf("encode plugin entry field %q: %w", k, err)
 		}
-		o = append(o, member{k, v})
 	}
-	return o.marshal(), nil
+	b.WriteByte('}')
+	return b.Bytes(), nil
 }
 
-func equalJSON(a, b json.RawMessage) bool {
+// encodeValue appends v as compact JSON, leaving <, > and & as they are.
+func encodeValue(b *bytes.Buffer, v any) error {
+	var one bytes.Buffer
+	enc := json.NewEncoder(&one)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	b.Write(bytes.TrimSuffix(one.Bytes(), []byte("\n")))
+	return nil
+}
+
+// sameJSON says whether a and b hold the same JSON value, whatever their
+// layout and key order.
+func sameJSON(a, b []byte) bool {
 	var x, y any
 	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
 		return false
 	}
-	xa, _ := json.Marshal(x)
-	ya, _ := json.Marshal(y)
-	return bytes.Equal(xa, ya)
-}
-
-// write replaces path atomically: readers see the old file or the new
-// one, never a part.
-func write(path string, c *conflist, mode os.FileMode) error {
-	data, err := c.bytes()
-	if err != nil {
-		return err
-	}
-	return state.WriteFile(path, data, mode)
+	return reflect.DeepEqual(x, y)
 }
