@@ -1,80 +1,137 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/aegis-cni/aegis/e2e/kube"
 	"github.com/aegis-cni/aegis/e2e/netns"
 	"github.com/aegis-cni/aegis/e2e/node"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/yaml"
 )
 
-// The AKS workshop's pet store (shared/fixtures/workshop): store-front
-// 8080, order-service 3000, product-service 3002, rabbitmq 5672/15672 in
-// namespace pets, kube-dns in kube-system, a user on the internet
-// (192.0.2.10) reaching store-front through the load balancer, and an
-// internet service (203.0.113.10:443) order-service calls.
+// The AKS workshop's pet store: store-front 8080, order-service 3000,
+// product-service 3002, rabbitmq 5672/15672 in namespace pets, kube-dns in
+// kube-system, a user on the internet (192.0.2.10) reaching store-front
+// through the load balancer, and an internet service (203.0.113.10:443)
+// order-service calls.
 //
-// The workshop's first policy (acns-network-policy.yaml) is a set of
-// CiliumNetworkPolicies; until those are supported this test applies the
-// equivalent Kubernetes NetworkPolicies (fromEntities world = ipBlock
-// 0.0.0.0/0, which selects everything outside the cluster and no pod).
-// `make demo` runs this test and prints its narration.
+// The policies are the workshop's own files (testdata/workshop, copied
+// from shared/fixtures/workshop), applied to namespace pets as `kubectl
+// apply -n pets -f` applies them: one object at a time, an object of the
+// same name replaced. TestPetStore feeds them through the manifest
+// directory, TestPetStoreKubeAPI through a real kube-apiserver. `make demo`
+// runs TestPetStore and prints its narration.
 
-const petStorePolicy = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-rabbitmq-traffic, namespace: pets}
-spec:
-  podSelector: {matchLabels: {app: rabbitmq}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: order-service}}}]
-    ports: [{port: 5672, protocol: TCP}, {port: 15672, protocol: TCP}]
-  egress: []
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-order-service-traffic, namespace: pets}
-spec:
-  podSelector: {matchLabels: {app: order-service}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: store-front}}}]
-    ports: [{port: 3000, protocol: TCP}]
-  egress:
-  - to: [{podSelector: {matchLabels: {app: rabbitmq}}}]
-    ports: [{port: 5672, protocol: TCP}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-product-service-traffic, namespace: pets}
-spec:
-  podSelector: {matchLabels: {app: product-service}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: store-front}}}]
-    ports: [{port: 3002, protocol: TCP}]
-  egress:
-  - to: [{podSelector: {matchLabels: {app: ai-service}}}]
-    ports: [{port: 5001, protocol: TCP}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-store-front-traffic, namespace: pets}
-spec:
-  podSelector: {matchLabels: {app: store-front}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from: [{ipBlock: {cidr: 0.0.0.0/0}}]
-    ports: [{port: 8080, protocol: TCP}]
-  egress:
-  - to: [{podSelector: {matchLabels: {app: order-service}}}]
-    ports: [{port: 3000, protocol: TCP}]
-  - to: [{podSelector: {matchLabels: {app: product-service}}}]
-    ports: [{port: 3002, protocol: TCP}]
-`
+// workshopObjects reads a workshop file and returns its objects, each with
+// the namespace kubectl -n pets would give it, by name.
+func workshopObjects(t *testing.T, file string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "workshop", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, doc := range strings.Split(string(b), "\n---") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var meta struct {
+			Metadata struct{ Name string } `json:"metadata"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil || meta.Metadata.Name == "" {
+			t.Fatalf("%s: object without a name (%v)", file, err)
+		}
+		out[meta.Metadata.Name] = strings.Replace(doc, "metadata:\n", "metadata:\n  namespace: pets\n", 1)
+	}
+	return out
+}
+
+// policySource applies workshop objects the way one source takes them.
+type policySource interface {
+	// apply creates or replaces each object and waits until the daemon
+	// applied the result.
+	apply(t *testing.T, objects map[string]string)
+	// remove deletes the objects.
+	remove(t *testing.T, objects map[string]string)
+	name() string
+}
+
+// dirSource keeps one file per object in the manifest directory, so
+// replacing an object is rewriting its file.
+type dirSource struct{ n *node.Node }
+
+func (d dirSource) name() string { return "the manifest directory" }
+
+func (d dirSource) apply(t *testing.T, objects map[string]string) {
+	for _, name := range slices.Sorted(maps.Keys(objects)) {
+		d.n.Apply("cnp-"+name+".yaml", objects[name])
+	}
+}
+
+func (d dirSource) remove(t *testing.T, objects map[string]string) {
+	for _, name := range slices.Sorted(maps.Keys(objects)) {
+		d.n.Remove("cnp-" + name + ".yaml")
+	}
+}
+
+// apiSource creates and updates CiliumNetworkPolicies in the API server.
+type apiSource struct {
+	n  *node.Node
+	kc *kube.Cluster
+}
+
+var cnpGVR = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
+
+func (a apiSource) name() string { return "the Kubernetes API" }
+
+func (a apiSource) apply(t *testing.T, objects map[string]string) {
+	ctx := context.Background()
+	res := a.kc.Dynamic.Resource(cnpGVR).Namespace("pets")
+	for _, name := range slices.Sorted(maps.Keys(objects)) {
+		js, err := yaml.YAMLToJSON([]byte(objects[name]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(js); err != nil {
+			t.Fatal(err)
+		}
+		a.n.Change(func() error {
+			old, err := res.Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				_, err = res.Create(ctx, u, metav1.CreateOptions{})
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			u.SetResourceVersion(old.GetResourceVersion())
+			_, err = res.Update(ctx, u, metav1.UpdateOptions{})
+			return err
+		})
+	}
+}
+
+func (a apiSource) remove(t *testing.T, objects map[string]string) {
+	res := a.kc.Dynamic.Resource(cnpGVR).Namespace("pets")
+	for _, name := range slices.Sorted(maps.Keys(objects)) {
+		a.n.Change(func() error { return res.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	}
+}
 
 // narrator prints to stdout when AEGIS_DEMO is set (make demo), to the
 // test log otherwise.
@@ -117,28 +174,74 @@ func (n narrator) check(t *testing.T, checks []flowCheck) {
 	}
 }
 
+var petStorePods = map[string]string{"store-front": "pets", "order-service": "pets", "product-service": "pets", "rabbitmq": "pets", "kube-dns": "kube-system"}
+
+func petStoreLabels(name string) map[string]string {
+	if name == "kube-dns" {
+		return map[string]string{"k8s-app": "kube-dns"}
+	}
+	return map[string]string{"app": name}
+}
+
 func TestPetStore(t *testing.T) {
-	say := narrator{t}
 	n := node.New(t, node.Options{})
-	say.say("== Aegis demo: a node built from network namespaces, pods wired by ptp + aegis-ipam + aegis-cni")
 	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil)+"---\n"+node.NamespaceManifest("kube-system", nil))
-	pods := map[string]string{"store-front": "pets", "order-service": "pets", "product-service": "pets", "rabbitmq": "pets", "kube-dns": "kube-system"}
 	var manifests []string
-	for name, ns := range pods {
-		labels := map[string]string{"app": name}
-		if name == "kube-dns" {
-			labels = map[string]string{"k8s-app": "kube-dns"}
-		}
-		manifests = append(manifests, node.PodManifest(ns, name, labels))
+	for _, name := range slices.Sorted(maps.Keys(petStorePods)) {
+		manifests = append(manifests, node.PodManifest(petStorePods[name], name, petStoreLabels(name)))
 	}
 	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
 	n.StartDaemon()
-	say.say("aegisd is running (bpffs %s); creating the pet-store pods through the CNI chain", n.BPFRoot)
+	runPetStore(t, n, dirSource{n})
+}
 
+func TestPetStoreKubeAPI(t *testing.T) {
+	n := node.New(t, node.Options{})
+	kc := kube.Start(t, kube.Options{NetNS: n.NS.Path, Namespaces: []string{"pets", "kube-system"}})
+	ctx := context.Background()
+	for _, name := range slices.Sorted(maps.Keys(petStorePods)) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: petStorePods[name], Labels: petStoreLabels(name)},
+			Spec: corev1.PodSpec{NodeName: "e2e-node", Containers: []corev1.Container{{Name: "c", Image: "scratch"}}}}
+		if _, err := kc.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.Kubeconfig = kc.Kubeconfig
+	n.StartDaemon()
+	runPetStore(t, n, apiSource{n, kc})
+
+	// kubectl describe says the chaos policy's replacement is in force.
+	deadline := time.Now().Add(10 * time.Second)
+	var reasons []string
+	for time.Now().Before(deadline) {
+		evs, err := kc.Client.CoreV1().Events("pets").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=allow-order-service-traffic"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reasons = reasons[:0]
+		for _, e := range evs.Items {
+			reasons = append(reasons, e.Reason+": "+e.Message)
+		}
+		if strings.Contains(strings.Join(reasons, ","), "PolicyApplied") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(strings.Join(reasons, ","), "PolicyApplied") {
+		t.Errorf("no PolicyApplied event on allow-order-service-traffic: %v", reasons)
+	}
+}
+
+// runPetStore is the workshop's first half on a node whose daemon runs and
+// knows the pet-store pods.
+func runPetStore(t *testing.T, n *node.Node, src policySource) {
+	say := narrator{t}
+	say.say("== Aegis demo: a node built from network namespaces, pods wired by ptp + aegis-ipam + aegis-cni; policy from %s", src.name())
+	say.say("aegisd is running (bpffs %s); creating the pet-store pods through the CNI chain", n.BPFRoot)
 	p := map[string]*node.Pod{}
 	for _, name := range []string{"store-front", "order-service", "product-service", "rabbitmq", "kube-dns"} {
-		p[name] = n.NewPod(pods[name], name, nil)
-		say.say("  pod %-16s %s", pods[name]+"/"+name, p[name].IP)
+		p[name] = n.NewPod(petStorePods[name], name, nil)
+		say.say("  pod %-16s %s", petStorePods[name]+"/"+name, p[name].IP)
 	}
 	serve := map[string][]int{"store-front": {8080}, "order-service": {3000}, "product-service": {3002}, "rabbitmq": {5672, 15672}}
 	for name, ports := range serve {
@@ -158,8 +261,9 @@ func TestPetStore(t *testing.T) {
 		{"user", user.NS, "store-front", p["store-front"].Addr(8080), true},
 	})
 
-	n.Apply("10-pets-policy.yaml", petStorePolicy)
-	say.say("\n== After the workshop's acns-network-policy (as NetworkPolicies): only the pet store's own flows")
+	base := workshopObjects(t, "acns-network-policy.yaml")
+	src.apply(t, base)
+	say.say("\n== $ kubectl apply -n pets -f acns-network-policy.yaml: only the pet store's own flows")
 	say.check(t, []flowCheck{
 		{"user", user.NS, "store-front", p["store-front"].Addr(8080), true},
 		{"store-front", p["store-front"].NS, "order-service", p["order-service"].Addr(3000), true},
@@ -167,13 +271,15 @@ func TestPetStore(t *testing.T) {
 		{"order-service", p["order-service"].NS, "rabbitmq", p["rabbitmq"].Addr(5672), true},
 		{"order-service", p["order-service"].NS, "internet", "203.0.113.10:443", false},
 		{"order-service", p["order-service"].NS, "product-service", p["product-service"].Addr(3002), false},
-		{"rabbitmq", p["rabbitmq"].NS, "internet", "203.0.113.10:443", false},
 		{"user", user.NS, "order-service", p["order-service"].Addr(3000), false},
+		{"user", user.NS, "rabbitmq", p["rabbitmq"].Addr(5672), false},
 		{"product-service", p["product-service"].NS, "rabbitmq", p["rabbitmq"].Addr(15672), false},
+		{"store-front", p["store-front"].NS, "internet", "203.0.113.10:443", false},
 	})
 
 	if os.Getenv("AEGIS_DEMO") != "" {
-		for _, args := range [][]string{{"endpoint", "list"}, {"policy", "get", "--pod", "pets/order-service"}, {"bpf", "counters"}} {
+		for _, args := range [][]string{{"endpoint", "list"}, {"policy", "get", "--pod", "pets/order-service"},
+			{"policy", "trace", "--src", "pets/order-service", "--dst", "203.0.113.10", "--port", "443"}, {"bpf", "counters"}} {
 			out, err := n.CLI(args...)
 			if err != nil {
 				t.Errorf("aegis %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -182,9 +288,31 @@ func TestPetStore(t *testing.T) {
 		}
 	}
 
-	n.Remove("10-pets-policy.yaml")
-	say.say("\n== Policy removed: traffic flows again")
+	src.apply(t, workshopObjects(t, "acns-network-policy-chaos.yaml"))
+	say.say("\n== $ kubectl apply -n pets -f acns-network-policy-chaos.yaml: all ingress to store-front is dropped")
+	say.check(t, []flowCheck{
+		{"user", user.NS, "store-front", p["store-front"].Addr(8080), false},
+		{"order-service", p["order-service"].NS, "store-front", p["store-front"].Addr(8080), false},
+		{"store-front", p["store-front"].NS, "order-service", p["order-service"].Addr(3000), true},
+	})
+	out, err := n.CLI("policy", "trace", "--src", "192.0.2.10", "--dst", "pets/store-front", "--port", "8080")
+	if err != nil || !strings.Contains(out, "DROPPED") {
+		t.Errorf("policy trace after chaos: %v\n%s", err, out)
+	}
+	say.say("\n$ aegis policy trace --src 192.0.2.10 --dst pets/store-front --port 8080\n%s", strings.TrimRight(out, "\n"))
+
+	src.apply(t, workshopObjects(t, "acns-network-policy-allow-store-front-traffic.yaml"))
+	say.say("\n== $ kubectl apply -n pets -f acns-network-policy-allow-store-front-traffic.yaml: repaired")
+	say.check(t, []flowCheck{
+		{"user", user.NS, "store-front", p["store-front"].Addr(8080), true},
+		{"store-front", p["store-front"].NS, "order-service", p["order-service"].Addr(3000), true},
+		{"order-service", p["order-service"].NS, "internet", "203.0.113.10:443", false},
+	})
+
+	src.remove(t, base)
+	say.say("\n== Policies deleted: traffic flows again")
 	say.check(t, []flowCheck{
 		{"order-service", p["order-service"].NS, "internet", "203.0.113.10:443", true},
+		{"order-service", p["order-service"].NS, "product-service", p["product-service"].Addr(3002), true},
 	})
 }

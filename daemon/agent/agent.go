@@ -141,7 +141,7 @@ func (a *Agent) ApplySnapshot(ctx context.Context, snap *manifests.Snapshot, rej
 	a.mu.Lock()
 	a.snap = snap
 	a.rejected = rejected
-	a.source = api.SourceStatus{Kind: kind, Location: location, Generation: snap.Generation, Applied: a.source.Applied, Policies: len(snap.NetworkPolicies)}
+	a.source = api.SourceStatus{Kind: kind, Location: location, Generation: snap.Generation, Applied: a.source.Applied, Policies: len(snap.NetworkPolicies) + countCilium(snap)}
 	for _, r := range rejected {
 		a.source.Rejected = append(a.source.Rejected, r.Error())
 	}

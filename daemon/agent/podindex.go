@@ -3,6 +3,8 @@ package agent
 import (
 	"net/netip"
 
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
@@ -19,6 +21,7 @@ type podIndex struct {
 	nsLabels map[string]map[string]string
 	pods     map[string]*corev1.Pod // by namespace/name
 	remote   []*corev1.Pod          // pods with addresses (remote, or not yet local)
+	cilium   []*cnp.Policy          // the snapshot's Cilium policies, parsed
 	cidrs    []netip.Prefix         // prefixes the policies need identities for
 	services []service              // ClusterIP services with their backends
 }
@@ -52,9 +55,27 @@ func newPodIndex(snap *manifests.Snapshot) *podIndex {
 			x.remote = append(x.remote, p)
 		}
 	}
-	x.cidrs = policy.CIDRs(snap.NetworkPolicies)
+	x.cilium = ciliumPolicies(snap)
+	x.cidrs = policy.CIDRs(snap.NetworkPolicies, x.cilium)
 	x.services = servicesOf(snap)
 	return x
+}
+
+// ciliumPolicies parses the snapshot's CiliumNetworkPolicies and
+// CiliumClusterwideNetworkPolicies. The source validated them with the same
+// parser and left out the ones it rejected, so an error here cannot
+// happen; such an object would be skipped.
+func ciliumPolicies(snap *manifests.Snapshot) []*cnp.Policy {
+	var out []*cnp.Policy
+	for _, u := range snap.Others {
+		if u.GetAPIVersion() != cnp.APIVersion || (u.GetKind() != cnp.KindCNP && u.GetKind() != cnp.KindCCNP) {
+			continue
+		}
+		if p, err := cnp.ParseUnstructured(u); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // servicesOf pairs each ClusterIP service with its EndpointSlices: a
@@ -178,4 +199,15 @@ func protoOf(p corev1.Protocol) uint8 {
 		return policy.ProtoSCTP
 	}
 	return policy.ProtoTCP
+}
+
+// countCilium counts the snapshot's Cilium policies, for status.
+func countCilium(snap *manifests.Snapshot) int {
+	n := 0
+	for _, u := range snap.Others {
+		if u.GetAPIVersion() == cnp.APIVersion && (u.GetKind() == cnp.KindCNP || u.GetKind() == cnp.KindCCNP) {
+			n++
+		}
+	}
+	return n
 }

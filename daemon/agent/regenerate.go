@@ -143,7 +143,7 @@ func (a *Agent) regenerate() (err error) {
 	fp := compileFingerprint(snap.Generation, all, local, named)
 	res, entries, enforce := prev.compiled, prev.entries, prev.enforce
 	if res == nil || fp != prev.fp {
-		res, err = policy.Compile(policy.Input{Identities: all, Local: local, NamedPorts: named, NetworkPolicies: snap.NetworkPolicies}, a.jar)
+		res, err = policy.Compile(policy.Input{Identities: all, Local: local, NamedPorts: named, NetworkPolicies: snap.NetworkPolicies, CiliumPolicies: pods.cilium}, a.jar)
 		if err != nil {
 			return fmt.Errorf("compile policy: %w", err)
 		}

@@ -178,7 +178,7 @@ func (a *Agent) Policy(q url.Values) ([]api.Policy, error) {
 		}
 		for _, c := range slices.Sorted(maps.Keys(cookies)) {
 			r := compiled.Rules[c]
-			p.Rules = append(p.Rules, api.Rule{Cookie: c, Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Direction: r.Dir.String(), Index: r.Index})
+			p.Rules = append(p.Rules, api.Rule{Cookie: c, Kind: r.Kind, Namespace: r.Namespace, Name: r.Name, Direction: r.Dir.String(), Index: r.Index, Path: r.Path})
 		}
 		out = append(out, p)
 	}
@@ -194,15 +194,20 @@ func compareKeys(x, y policy.Key) int {
 	return 0
 }
 
-// RuleName is how a rule is named in output: Kind namespace/name.
+// RuleName is how a rule is named in output: Kind namespace/name, and for
+// a Cilium policy the rule's field path ("spec.ingressDeny[0]").
 func RuleName(r policy.RuleRef) string {
 	if r.Name == "" {
 		return ""
 	}
-	if r.Namespace == "" {
-		return r.Kind + " " + r.Name
+	name := r.Kind + " " + r.Name
+	if r.Namespace != "" {
+		name = r.Kind + " " + r.Namespace + "/" + r.Name
 	}
-	return r.Kind + " " + r.Namespace + "/" + r.Name
+	if r.Path != "" {
+		name += " " + r.Path
+	}
+	return name
 }
 
 // ProtoName names an IP protocol number.

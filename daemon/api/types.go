@@ -124,6 +124,8 @@ type Rule struct {
 	Name      string `json:"name"`
 	Direction string `json:"direction"`
 	Index     int    `json:"index"`
+	// Path is a Cilium rule's field path ("spec.ingressDeny[0]").
+	Path string `json:"path,omitempty"`
 }
 
 // PolicyEntry is one map entry of the policy, decoded.

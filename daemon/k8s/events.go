@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -15,6 +16,9 @@ import (
 const (
 	reasonApplied  = "PolicyApplied"
 	reasonRejected = "PolicyRejected"
+	// reasonPartial: in force, but parts Aegis does not enforce yet allow
+	// nothing (the message lists them by field).
+	reasonPartial = "PolicyPartiallyApplied"
 )
 
 // reportState is the last Event recorded for an object; the same verdict
@@ -41,8 +45,10 @@ type reportState struct {
 // rejects the object's current version (and has said so in an Event), a
 // nil err, which can only be about the previous version, is not recorded.
 // A canceled or expired context (the daemon stopping) is no verdict on a
-// policy and is not recorded either.
-func (s *Source) Report(kind, namespace, name string, err error) {
+// policy and is not recorded either. unsupported lists the parts of an
+// applied policy that Aegis does not enforce (they allow nothing); the
+// Event is then a Warning, PolicyPartiallyApplied, naming them.
+func (s *Source) Report(kind, namespace, name string, err error, unsupported ...string) {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return
 	}
@@ -80,6 +86,11 @@ func (s *Source) Report(kind, namespace, name string, err error) {
 	msg := fmt.Sprintf("generation %d in force", m.GetGeneration())
 	if s.nodeName != "" {
 		msg += " on node " + s.nodeName
+	}
+	if len(unsupported) > 0 {
+		msg += "; not enforced by aegis, allowing nothing: " + strings.Join(unsupported, "; ")
+		s.event(kind, key, obj, corev1.EventTypeWarning, reasonPartial, msg)
+		return
 	}
 	s.event(kind, key, obj, corev1.EventTypeNormal, reasonApplied, msg)
 }

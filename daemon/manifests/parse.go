@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/aegis-cni/aegis/daemon/strictjson"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -215,16 +217,10 @@ func (p *parser) decode(where, kind string, js []byte, into any) (string, bool) 
 		return "", false
 	}
 	name := kind + " " + objectName(raw)
-	if field := unknownField(raw, into); field != "" {
-		p.fail(name, field, errors.New("unknown field"))
-		return name, false
-	}
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			p.fail(name, te.Field, fmt.Errorf("wrong type: got %s, want %s", te.Value, te.Type))
+	if err := strictjson.Decode(js, into); err != nil {
+		var fe *strictjson.FieldError
+		if errors.As(err, &fe) && fe.Field != "" {
+			p.fail(name, fe.Field, fe.Err)
 			return name, false
 		}
 		p.fail(name, "", fmt.Errorf("decode: %w", err))

@@ -47,10 +47,10 @@ func TestCIDRs(t *testing.T) {
 	} {
 		want = append(want, netip.MustParsePrefix(s))
 	}
-	if got := CIDRs(nps); !slices.Equal(got, want) {
+	if got := CIDRs(nps, nil); !slices.Equal(got, want) {
 		t.Errorf("CIDRs = %v, want %v", got, want)
 	}
-	if got := CIDRs(nil); len(got) != 0 {
-		t.Errorf("CIDRs(nil) = %v", got)
+	if got := CIDRs(nil, nil); len(got) != 0 {
+		t.Errorf("CIDRs(nil, nil) = %v", got)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -22,6 +24,10 @@ type Input struct {
 	NamedPorts map[uint32][]NamedPort
 
 	NetworkPolicies []*networkingv1.NetworkPolicy
+	// CiliumPolicies are CiliumNetworkPolicies and
+	// CiliumClusterwideNetworkPolicies, parsed and validated by package
+	// cnp.
+	CiliumPolicies []*cnp.Policy
 }
 
 // Result is the compiled policy of every local identity.
@@ -73,6 +79,10 @@ func Compile(in Input, jar *CookieJar) (*Result, error) {
 			return nil, fmt.Errorf("compile networkpolicy %s/%s: %w", np.Namespace, np.Name, err)
 		}
 	}
+	for _, p := range sortedCilium(in.CiliumPolicies) {
+		c.ciliumPolicy(p)
+	}
+	c.defaultAllows()
 	for id, ip := range c.res.Identities {
 		if ip.IngressEnforced {
 			// Kubelet probes come from the node; Kubernetes expects them
@@ -115,6 +125,9 @@ type compiler struct {
 	locals     []*Identity // by ID
 	jar        *CookieJar
 	res        *Result
+	// dd records, per identity and direction, whether some policy puts it
+	// in default deny. A NetworkPolicy always does; a Cilium rule may not.
+	dd map[uint32]*[2]bool
 }
 
 // policyTypes applies the Kubernetes default: without policyTypes a policy
@@ -166,8 +179,14 @@ func (c *compiler) networkPolicy(np *networkingv1.NetworkPolicy) error {
 	}
 	for _, id := range selected {
 		ip := c.res.Identities[id.ID]
-		ip.IngressEnforced = ip.IngressEnforced || ingress
-		ip.EgressEnforced = ip.EgressEnforced || egress
+		if ingress {
+			ip.IngressEnforced = true
+			c.defaultDeny(id.ID, Ingress, true)
+		}
+		if egress {
+			ip.EgressEnforced = true
+			c.defaultDeny(id.ID, Egress, true)
+		}
 	}
 	return nil
 }
@@ -186,7 +205,7 @@ func (c *compiler) rule(namespace string, ref RuleRef, selected []*Identity, pee
 	}
 	allow := Entry{Action: ActionAllow, Cookie: cookie}
 	for _, local := range selected {
-		c.allow(local.ID, ref.Dir, rs, ports, allow)
+		c.add(local.ID, ref.Dir, rs, ports, allow)
 	}
 	return nil
 }

@@ -38,8 +38,8 @@ func TestCompileEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in0 := Entry{Action: ActionAllow, Cookie: 2}
-	eg0 := Entry{Action: ActionAllow, Cookie: 3}
+	in0 := Entry{Action: ActionAllow, Cookie: 3}
+	eg0 := Entry{Action: ActionAllow, Cookie: 4}
 	want := map[Key]Entry{
 		{Local: cat, Remote: dog, Dir: Ingress, Proto: ProtoTCP, Port: 80, PortPrefixLen: 16}:   in0,
 		{Local: cat, Remote: dog, Dir: Ingress, Proto: ProtoUDP, Port: 1000, PortPrefixLen: 13}: in0,
@@ -55,7 +55,7 @@ func TestCompileEntries(t *testing.T) {
 	if !maps.Equal(ip.Entries, want) {
 		t.Errorf("entries:\n got %v\nwant %v", ip.Entries, want)
 	}
-	if len(res.Rules) != 3 {
+	if len(res.Rules) != 4 {
 		t.Errorf("rules: %v", res.Rules)
 	}
 }

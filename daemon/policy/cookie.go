@@ -5,6 +5,8 @@ import "sync"
 // Rule kinds, as they appear in RuleRef.Kind and in flows.
 const (
 	KindNetworkPolicy = "NetworkPolicy"
+	KindCiliumPolicy  = "CiliumNetworkPolicy"
+	KindClusterwide   = "CiliumClusterwideNetworkPolicy"
 	KindReserved      = "Reserved"
 )
 
@@ -16,10 +18,18 @@ const (
 	// CookieHostIngress names the built-in rule that lets the node itself
 	// (kubelet probes) reach every local pod, as Cilium's allow-localhost.
 	CookieHostIngress uint32 = 1
+	// CookieDefaultAllow names the allow-all a direction gets when the
+	// policies selecting it all set enableDefaultDeny false: their deny
+	// rules apply, everything else passes (as Cilium inserts an allow-all
+	// for such endpoints).
+	CookieDefaultAllow uint32 = 2
 )
 
 // HostIngressRule is the rule behind CookieHostIngress.
 var HostIngressRule = RuleRef{Kind: KindReserved, Name: "allow-host-ingress", Dir: Ingress}
+
+// DefaultAllowRule is the rule behind CookieDefaultAllow.
+var DefaultAllowRule = RuleRef{Kind: KindReserved, Name: "default-allow"}
 
 // CookieJar hands out cookie numbers per rule and keeps them across
 // compiles, so an unchanged rule keeps its cookie and recompiling does not
@@ -38,14 +48,14 @@ type CookieJar struct {
 // NewCookieJar returns a jar that knows only the reserved rules.
 func NewCookieJar() *CookieJar {
 	return &CookieJar{
-		next:    CookieHostIngress + 1,
-		cookies: map[RuleRef]uint32{HostIngressRule: CookieHostIngress},
+		next:    CookieDefaultAllow + 1,
+		cookies: map[RuleRef]uint32{HostIngressRule: CookieHostIngress, DefaultAllowRule: CookieDefaultAllow},
 	}
 }
 
 // begin starts a compile. The caller holds mu.
 func (j *CookieJar) begin() {
-	j.seen = map[RuleRef]bool{HostIngressRule: true}
+	j.seen = map[RuleRef]bool{HostIngressRule: true, DefaultAllowRule: true}
 }
 
 // cookie returns ref's cookie, allocating one for a rule not seen before.

@@ -61,7 +61,7 @@ func TestCookieJarStable(t *testing.T) {
 	}
 
 	first := cookiesByRule(compile(cookiePolicyA, cookiePolicyB))
-	if len(first) != 5 { // a: 2 ingress + 1 egress; b: 1; host ingress
+	if len(first) != 6 { // a: 2 ingress + 1 egress; b: 1; host ingress, default allow
 		t.Fatalf("rules: %v", first)
 	}
 	if first[HostIngressRule] != CookieHostIngress {

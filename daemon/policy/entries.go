@@ -5,9 +5,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// allow adds e to local's entries for traffic in dir with the remotes, on
-// the rule's ports. Ports were validated, so numbers fit in 16 bits.
-func (c *compiler) allow(local uint32, dir Direction, rs remotes, ports []networkingv1.NetworkPolicyPort, e Entry) {
+// add adds e (an allow or a deny) to local's entries for traffic in dir
+// with the remotes, on the rule's ports. Ports were validated, so numbers
+// fit in 16 bits.
+func (c *compiler) add(local uint32, dir Direction, rs remotes, ports []networkingv1.NetworkPolicyPort, e Entry) {
 	entries := c.res.Identities[local].Entries
 	put := func(remote uint32, proto uint8, pp PortPrefix) {
 		k := Key{Local: local, Remote: remote, Dir: dir, Proto: proto, Port: pp.Port, PortPrefixLen: pp.PrefixLen}

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -18,9 +20,13 @@ func (id *Identity) isPod() bool {
 // identityIndex sorts the known identities by kind once per compile, so
 // peer selection scans only the kind it can select.
 type identityIndex struct {
-	byID  map[uint32]*Identity
-	pods  []*Identity // by ID
-	cidrs []*Identity // by ID, CIDR masked
+	byID     map[uint32]*Identity
+	pods     []*Identity // by ID
+	cidrs    []*Identity // by ID, CIDR masked
+	reserved []*Identity // by ID
+	// labelSets caches the Cilium label view of each identity, built on
+	// first use by a Cilium selector.
+	labelSets map[uint32]cnp.Labels
 	// byAddr is cidrs ordered by address, then prefix length: the
 	// identities inside one prefix are a contiguous run of it.
 	byAddr []*Identity
@@ -39,11 +45,14 @@ func newIdentityIndex(ids []Identity) *identityIndex {
 			x.cidrs = append(x.cidrs, id)
 		case id.isPod():
 			x.pods = append(x.pods, id)
+		default:
+			x.reserved = append(x.reserved, id)
 		}
 	}
 	byID := func(a, b *Identity) int { return cmp.Compare(a.ID, b.ID) }
 	slices.SortFunc(x.pods, byID)
 	slices.SortFunc(x.cidrs, byID)
+	slices.SortFunc(x.reserved, byID)
 	x.byAddr = slices.Clone(x.cidrs)
 	slices.SortFunc(x.byAddr, func(a, b *Identity) int {
 		if c := a.CIDR.Addr().Compare(b.CIDR.Addr()); c != 0 {
@@ -132,7 +141,6 @@ func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
-	cidr = cidr.Masked()
 	excepts := make([]netip.Prefix, 0, len(b.Except))
 	for _, s := range b.Except {
 		e, err := netip.ParsePrefix(s)
@@ -141,6 +149,13 @@ func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
 		}
 		excepts = append(excepts, e.Masked())
 	}
+	return x.cidrBlock(cidr, excepts), nil
+}
+
+// cidrBlock selects the CIDR identities inside cidr and outside every
+// except, and world when cidr is a /0; see ipBlock.
+func (x *identityIndex) cidrBlock(cidr netip.Prefix, excepts []netip.Prefix) []uint32 {
+	cidr = cidr.Masked()
 	var ids []uint32
 	if cidr.Bits() == 0 {
 		ids = append(ids, IdentityWorld)
@@ -163,7 +178,28 @@ func (x *identityIndex) ipBlock(b *networkingv1.IPBlock) ([]uint32, error) {
 		ids = append(ids, id.ID)
 	}
 	slices.Sort(ids)
-	return ids, nil
+	return ids
+}
+
+// labels is id's label set as Cilium selectors see it.
+func (x *identityIndex) labels(id *Identity) cnp.Labels {
+	if l, ok := x.labelSets[id.ID]; ok {
+		return l
+	}
+	if x.labelSets == nil {
+		x.labelSets = make(map[uint32]cnp.Labels, len(x.byID))
+	}
+	var l cnp.Labels
+	switch {
+	case id.isPod():
+		l = cnp.PodLabels(id.Namespace, id.Labels, id.NamespaceLabels)
+	case id.CIDR.IsValid():
+		l = cnp.ReservedLabels("world")
+	default:
+		l = cnp.ReservedLabels(id.Reserved)
+	}
+	x.labelSets[id.ID] = l
+	return l
 }
 
 // prefixContains reports whether inner lies entirely inside outer.

@@ -107,6 +107,9 @@ type RuleRef struct {
 	Name      string
 	Dir       Direction
 	Index     int // index of the rule within its direction's list
+	// Path is the rule's field path in a Cilium policy
+	// ("spec.ingressDeny[0]"); empty for a NetworkPolicy.
+	Path string
 }
 
 // Identity is everything the compiler knows about one numeric identity.

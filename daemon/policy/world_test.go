@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -81,14 +83,23 @@ type testCluster struct {
 func newTestCluster(tb testing.TB, w testWorld, policies []string) *testCluster {
 	tb.Helper()
 	nps := make([]*networkingv1.NetworkPolicy, 0, len(policies))
+	var cps []*cnp.Policy
 	for i, y := range policies {
+		if strings.Contains(y, "kind: Cilium") {
+			cp, err := decodeCilium(y)
+			if err != nil {
+				tb.Fatalf("policy %d: %v", i, err)
+			}
+			cps = append(cps, cp)
+			continue
+		}
 		np, err := decodePolicy(y)
 		if err != nil {
 			tb.Fatalf("policy %d: %v", i, err)
 		}
 		nps = append(nps, np)
 	}
-	in, c := w.input(nps)
+	in, c := w.input(nps, cps...)
 	res, err := Compile(in, NewCookieJar())
 	if err != nil {
 		tb.Fatalf("compile: %v", err)
@@ -100,7 +111,7 @@ func newTestCluster(tb testing.TB, w testWorld, policies []string) *testCluster 
 // input allocates identities: pods that share namespace and labels share
 // one, as in Cilium; every prefix CIDRs asks for gets one; the reserved
 // identities exist always.
-func (w testWorld) input(nps []*networkingv1.NetworkPolicy) (Input, *testCluster) {
+func (w testWorld) input(nps []*networkingv1.NetworkPolicy, cps ...*cnp.Policy) (Input, *testCluster) {
 	c := &testCluster{pods: map[string]uint32{}, local: map[string]bool{}}
 	in := Input{
 		Identities: []Identity{
@@ -111,6 +122,7 @@ func (w testWorld) input(nps []*networkingv1.NetworkPolicy) (Input, *testCluster
 		},
 		NamedPorts:      map[uint32][]NamedPort{},
 		NetworkPolicies: nps,
+		CiliumPolicies:  cps,
 	}
 	byLabels := map[string]uint32{}
 	next := FirstPodIdentity
@@ -137,7 +149,7 @@ func (w testWorld) input(nps []*networkingv1.NetworkPolicy) (Input, *testCluster
 			}
 		}
 	}
-	for i, prefix := range CIDRs(nps) {
+	for i, prefix := range CIDRs(nps, cps) {
 		id := Identity{ID: FirstCIDRIdentity + uint32(i), CIDR: prefix}
 		c.cidrs = append(c.cidrs, id)
 		in.Identities = append(in.Identities, id)
@@ -161,6 +173,21 @@ func decodePolicy(y string) (*networkingv1.NetworkPolicy, error) {
 		return nil, fmt.Errorf("decode policy: %w", err)
 	}
 	return &np, nil
+}
+
+// decodeCilium reads a CiliumNetworkPolicy or
+// CiliumClusterwideNetworkPolicy written in YAML (apiVersion may be left
+// out) through the daemon's own parser.
+func decodeCilium(y string) (*cnp.Policy, error) {
+	y = dedent(y)
+	if !strings.Contains(y, "apiVersion:") {
+		y = "apiVersion: cilium.io/v2\n" + y
+	}
+	js, err := yaml.YAMLToJSON([]byte(y))
+	if err != nil {
+		return nil, fmt.Errorf("decode policy: %w", err)
+	}
+	return cnp.Parse(js)
 }
 
 // dedent removes the leading tabs the shallowest non-blank line has.

@@ -206,7 +206,11 @@ func cmdPolicy(ctx context.Context, c *api.Client, argv []string) error {
 		if len(p.Rules) > 0 {
 			fmt.Println("Rules:")
 			for _, r := range p.Rules {
-				fmt.Printf("  [%d] %s %s %s[%d]\n", r.Cookie, r.Kind, strings.TrimPrefix(r.Namespace+"/"+r.Name, "/"), r.Direction, r.Index)
+				where := fmt.Sprintf("%s[%d]", r.Direction, r.Index)
+				if r.Path != "" {
+					where = r.Path
+				}
+				fmt.Printf("  [%d] %s %s %s\n", r.Cookie, r.Kind, strings.TrimPrefix(r.Namespace+"/"+r.Name, "/"), where)
 			}
 		}
 		var rows [][]string

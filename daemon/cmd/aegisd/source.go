@@ -7,6 +7,8 @@ import (
 	"github.com/aegis-cni/aegis/daemon/k8s"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/policy"
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // source is where policy comes from: a manifest directory or the
@@ -19,14 +21,14 @@ type source struct {
 
 func newSource(o *options, log *slog.Logger) (*source, error) {
 	if o.manifests != "" {
-		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate))
+		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate), manifests.WithObjectValidator(validateObject))
 		return &source{kind: "manifests", location: o.manifests, run: w.Run, report: func(*manifests.Snapshot, error) {}}, nil
 	}
 	cfg, err := k8s.RESTConfig(o.kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	s, err := k8s.New(cfg, k8s.WithNetworkPolicyValidator(policy.Validate), k8s.WithLogger(log), k8s.WithNodeName(o.nodeName))
+	s, err := k8s.New(cfg, k8s.WithNetworkPolicyValidator(policy.Validate), k8s.WithObjectValidator(validateObject), k8s.WithLogger(log), k8s.WithNodeName(o.nodeName))
 	if err != nil {
 		return nil, err
 	}
@@ -37,6 +39,38 @@ func newSource(o *options, log *slog.Logger) (*source, error) {
 		for _, np := range snap.NetworkPolicies {
 			s.Report("NetworkPolicy", np.Namespace, np.Name, err)
 		}
+		for _, u := range snap.Others {
+			if !isCilium(u) {
+				continue
+			}
+			var unsupported []string
+			if p, perr := cnp.ParseUnstructured(u); perr == nil {
+				unsupported = p.Unsupported
+			}
+			s.Report(u.GetKind(), u.GetNamespace(), u.GetName(), err, unsupported...)
+		}
 	}
 	return &source{kind: "kubernetes", location: s.Location(), run: s.Run, report: report}, nil
+}
+
+func isCilium(u *unstructured.Unstructured) bool {
+	return u.GetAPIVersion() == cnp.APIVersion && (u.GetKind() == cnp.KindCNP || u.GetKind() == cnp.KindCCNP)
+}
+
+// validateObject checks the custom resources both sources keep raw. A
+// Cilium policy must parse and validate in full; a rejected one is
+// reported with the field at fault and its last good version stays in
+// force. Other kinds (ContainerNetworkLog) are judged where they are used.
+func validateObject(u *unstructured.Unstructured) error {
+	if !isCilium(u) {
+		return nil
+	}
+	p, err := cnp.ParseUnstructured(u)
+	if err != nil {
+		return err
+	}
+	for _, msg := range p.Unsupported {
+		slog.Warn("policy not fully enforced", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "field", msg)
+	}
+	return nil
 }

@@ -1,8 +1,14 @@
-package manifests
+// Package strictjson decodes JSON (and YAML turned JSON) into Go types
+// strictly: an unknown field or a wrong type is an error that names the
+// field's path ("spec.ingress[0].fromm"), because encoding/json only says
+// `unknown field "fromm"`, which is no help in a 300-line policy.
+package strictjson
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -13,11 +19,48 @@ var (
 	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
-// unknownField walks a decoded JSON value alongside the Go type it is meant
-// for and returns the path of the first field the type does not have
-// ("spec.ingress[0].fromm"), or "". encoding/json only says `unknown field
-// "fromm"`, which is no help in a 300-line policy.
-func unknownField(raw any, into any) string {
+// FieldError is a decode error tied to one field. Field is empty when the
+// document as a whole is wrong (not JSON, or not an object).
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return e.Err.Error()
+	}
+	return e.Field + ": " + e.Err.Error()
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Decode decodes js into the value into points to. Unknown fields and
+// values of the wrong type are *FieldError naming the field.
+func Decode(js []byte, into any) error {
+	var raw any
+	if err := json.Unmarshal(js, &raw); err != nil {
+		return &FieldError{Err: fmt.Errorf("invalid JSON: %w", err)}
+	}
+	if field := UnknownField(raw, into); field != "" {
+		return &FieldError{Field: field, Err: errors.New("unknown field")}
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return &FieldError{Field: te.Field, Err: fmt.Errorf("wrong type: got %s, want %s", te.Value, te.Type)}
+		}
+		return &FieldError{Err: err}
+	}
+	return nil
+}
+
+// UnknownField walks a decoded JSON value alongside the Go type it is meant
+// for and returns the path of the first field the type does not have, or
+// "".
+func UnknownField(raw any, into any) string {
 	return walkUnknown(raw, reflect.TypeOf(into), "")
 }
 
