@@ -12,10 +12,36 @@ import (
 
 // Replacing a policy never opens a window: during 100 replacements that
 // alternate between two policies, a flow neither allows never passes and a
-// flow both allow never fails.
+// flow both allow never fails. Once with NetworkPolicies, once with
+// CiliumNetworkPolicies whose second version adds a deny.
 func TestPolicyReplacementUnderTraffic(t *testing.T) {
-	c := newCluster(t, node.Options{})
-	a := `apiVersion: networking.k8s.io/v1
+	t.Run("NetworkPolicy", func(t *testing.T) { replaceUnderTraffic(t, npA, npB) })
+	t.Run("CiliumNetworkPolicy", func(t *testing.T) { replaceUnderTraffic(t, cnpA, cnpB) })
+}
+
+const (
+	cnpA = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+	cnpB = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}, {matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "8000", endPort: 9090, protocol: TCP}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+	npA = `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web, namespace: prod}
 spec:
@@ -24,7 +50,7 @@ spec:
   - from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{port: 8080}]
 `
-	b := `apiVersion: networking.k8s.io/v1
+	npB = `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web, namespace: prod}
 spec:
@@ -35,6 +61,10 @@ spec:
   - from: [{podSelector: {matchLabels: {app: other}}}]
     ports: [{port: 9090}]
 `
+)
+
+func replaceUnderTraffic(t *testing.T, a, b string) {
+	c := newCluster(t, node.Options{})
 	c.n.Apply("10.yaml", a)
 	ctx, cancel := context.WithCancel(context.Background())
 	var forbiddenPassed, allowedFailed, probes atomic.Int64
