@@ -59,10 +59,12 @@ type datapathEndpointInfo struct {
 }
 
 type datapathEnforcement struct {
-	_       structs.HostLayout
-	Ingress uint8
-	Egress  uint8
-	Pad     uint16
+	_             structs.HostLayout
+	Ingress       uint8
+	Egress        uint8
+	Pad           uint16
+	IngressCookie uint32
+	EgressCookie  uint32
 }
 
 type datapathFlowEvent struct {

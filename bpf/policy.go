@@ -52,10 +52,14 @@ func fromPolicyValue(v datapathPolicyEntry) policy.Entry {
 	return policy.Entry{Action: policy.Action(v.Action), ProxyPort: binary.BigEndian.Uint16(port[:]), Cookie: v.Cookie}
 }
 
-// Enforcement says per local identity whether a direction is default deny.
+// Enforcement says per local identity whether a direction is default deny,
+// and the cookie of the policy whose default deny it is (named by drops no
+// rule decided).
 type Enforcement struct {
-	Ingress bool
-	Egress  bool
+	Ingress       bool
+	Egress        bool
+	IngressCookie uint32
+	EgressCookie  uint32
 }
 
 // ListPolicy dumps the policy map.
@@ -80,7 +84,7 @@ func (m *Maps) ListEnforcement() (map[uint32]Enforcement, error) {
 	var v datapathEnforcement
 	it := m.Enforce.Iterate()
 	for it.Next(&k, &v) {
-		out[k] = Enforcement{Ingress: v.Ingress != 0, Egress: v.Egress != 0}
+		out[k] = Enforcement{Ingress: v.Ingress != 0, Egress: v.Egress != 0, IngressCookie: v.IngressCookie, EgressCookie: v.EgressCookie}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list enforcement: %w", err)
@@ -154,7 +158,7 @@ func (w *PolicyWriter) Apply(want map[policy.Key]policy.Entry, enforce map[uint3
 		if cur, ok := w.enforce[id]; ok && cur == e {
 			continue
 		}
-		v := datapathEnforcement{Ingress: b2u(e.Ingress), Egress: b2u(e.Egress)}
+		v := datapathEnforcement{Ingress: b2u(e.Ingress), Egress: b2u(e.Egress), IngressCookie: e.IngressCookie, EgressCookie: e.EgressCookie}
 		if err := w.maps.Enforce.Put(id, &v); err != nil {
 			w.resync()
 			return st, fmt.Errorf("set enforcement of identity %d: %w", id, err)

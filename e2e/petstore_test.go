@@ -11,11 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/aegis-cni/aegis/e2e/kube"
 	"github.com/aegis-cni/aegis/e2e/netns"
 	"github.com/aegis-cni/aegis/e2e/node"
+	"github.com/cilium/cilium/api/v1/flow"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -295,6 +297,14 @@ func runPetStore(t *testing.T, n *node.Node, src policySource) {
 		{"order-service", p["order-service"].NS, "store-front", p["store-front"].Addr(8080), false},
 		{"store-front", p["store-front"].NS, "order-service", p["order-service"].Addr(3000), true},
 	})
+	checkChaosDrop(t, n)
+	if os.Getenv("AEGIS_DEMO") != "" {
+		out, err := n.CLI("observe", "--verdict", "DROPPED", "--to-pod", "pets/store-front", "--last", "3")
+		if err != nil {
+			t.Errorf("aegis observe: %v\n%s", err, out)
+		}
+		say.say("\n$ aegis observe --verdict DROPPED --to-pod pets/store-front --last 3\n%s", strings.TrimRight(out, "\n"))
+	}
 	out, err := n.CLI("policy", "trace", "--src", "192.0.2.10", "--dst", "pets/store-front", "--port", "8080")
 	if err != nil || !strings.Contains(out, "DROPPED") {
 		t.Errorf("policy trace after chaos: %v\n%s", err, out)
@@ -315,4 +325,37 @@ func runPetStore(t *testing.T, n *node.Node, src policySource) {
 		{"order-service", p["order-service"].NS, "internet", "203.0.113.10:443", true},
 		{"order-service", p["order-service"].NS, "product-service", p["product-service"].Addr(3002), true},
 	})
+}
+
+// checkChaosDrop: `aegis observe --verdict DROPPED` shows the user's
+// connection to store-front:8080 as DROPPED, POLICY_DENIED, INGRESS, with
+// the chaos policy named (its default deny decided, no rule of it).
+func checkChaosDrop(t *testing.T, n *node.Node) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(3 * time.Second) // events are read every 50 ms
+	for time.Now().Before(deadline) {
+		out, err := n.CLI("observe", "-o", "json", "--verdict", "DROPPED", "--to-pod", "pets/store-front", "--from-ip", "192.0.2.10", "--last", "20")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var f flow.Flow
+			if err := protojson.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("decode %q: %v", line, err)
+			}
+			last = line
+			by := f.GetIngressDeniedBy()
+			if f.GetDropReasonDesc() == flow.DropReason_POLICY_DENIED && f.GetTrafficDirection() == flow.TrafficDirection_INGRESS &&
+				f.GetL4().GetTCP().GetDestinationPort() == 8080 && len(by) == 1 &&
+				by[0].GetName() == "allow-store-front-traffic" && by[0].GetNamespace() == "pets" && by[0].GetKind() == "CiliumNetworkPolicy" {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("no DROPPED flow 192.0.2.10 -> pets/store-front:8080 naming allow-store-front-traffic; last: %s", last)
 }

@@ -86,7 +86,8 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	int enforced = is_enforced(local_id, dir);
+	__u32 default_cookie;
+	int enforced = enforcement_of(local_id, dir, &default_cookie);
 	if (rc != PARSE_OK && rc != PARSE_FRAGMENT) {
 		if (!enforced)
 			return forward(&t, dir);
@@ -108,8 +109,11 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	__u32 rev = policy_revision();
 	struct policy_entry verdict = { .action = ACTION_ALLOW };
 
-	if (enforced)
+	if (enforced) {
 		verdict = policy_verdict(local_id, remote_id, dir, t.proto, t.dport);
+		if (verdict.action == ACTION_DENY && !verdict.cookie)
+			verdict.cookie = default_cookie;
+	}
 	if (verdict.action == ACTION_DENY) {
 		if (e)
 			bpf_map_delete_elem(&aegis_ct, &key);

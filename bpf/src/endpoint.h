@@ -22,11 +22,15 @@ struct {
 } aegis_endpoints SEC(".maps");
 
 /* Per local identity: whether some policy selects it in a direction.
- * Absent means no policy: that direction is allowed (Kubernetes semantics). */
+ * Absent means no policy: that direction is allowed (Kubernetes semantics).
+ * The cookies name the policy whose default deny a direction is in, so a
+ * drop no rule decided still names a policy in its flow. */
 struct enforcement {
 	__u8 ingress;
 	__u8 egress;
 	__u16 pad;
+	__u32 ingress_cookie;
+	__u32 egress_cookie;
 };
 
 struct {
@@ -42,13 +46,21 @@ static __always_inline struct endpoint_info *lookup_endpoint(__u32 ifindex)
 	return bpf_map_lookup_elem(&aegis_endpoints, &ifindex);
 }
 
-static __always_inline int is_enforced(__u32 identity, __u8 dir)
+/* enforcement_of returns whether dir is enforced for identity, and the
+ * cookie of its default deny. */
+static __always_inline int enforcement_of(__u32 identity, __u8 dir, __u32 *default_cookie)
 {
 	struct enforcement *e = bpf_map_lookup_elem(&aegis_enforce, &identity);
 
+	*default_cookie = 0;
 	if (!e)
 		return 0;
-	return dir == DIR_EGRESS ? e->egress : e->ingress;
+	if (dir == DIR_EGRESS) {
+		*default_cookie = e->egress_cookie;
+		return e->egress;
+	}
+	*default_cookie = e->ingress_cookie;
+	return e->ingress;
 }
 
 #endif

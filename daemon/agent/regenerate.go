@@ -213,7 +213,8 @@ func flatten(res *policy.Result) (map[policy.Key]policy.Entry, map[uint32]bpf.En
 			entries[k] = e
 		}
 		if ip.IngressEnforced || ip.EgressEnforced {
-			enforce[id] = bpf.Enforcement{Ingress: ip.IngressEnforced, Egress: ip.EgressEnforced}
+			enforce[id] = bpf.Enforcement{Ingress: ip.IngressEnforced, Egress: ip.EgressEnforced,
+				IngressCookie: ip.IngressDefault, EgressCookie: ip.EgressDefault}
 		}
 	}
 	return entries, enforce

@@ -43,6 +43,10 @@ func (a *Agent) Trace(req api.TraceRequest) (*api.TraceResponse, error) {
 			step.Reason = "no policy selects the endpoint in this direction"
 		case e.Action == policy.ActionDeny && e.Cookie == policy.CookieNone:
 			step.Verdict, step.Reason = "denied", "default deny: no rule allows it"
+		case e.Action == policy.ActionDeny && v.compiled.Rules[e.Cookie].Default:
+			// The rule named is the policy that put the direction in
+			// default deny.
+			step.Verdict, step.Reason, step.Rule = "denied", "default deny: no rule allows it", RuleName(v.compiled.Rules[e.Cookie])
 		case e.Action == policy.ActionDeny:
 			step.Verdict, step.Reason, step.Rule = "denied", "denied by rule", RuleName(v.compiled.Rules[e.Cookie])
 		default:

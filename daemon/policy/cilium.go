@@ -85,23 +85,31 @@ func (c *compiler) ciliumPolicy(p *cnp.Policy) {
 				}
 			}
 		}
+		var inCookie, egCookie uint32
+		if cr.DefaultDenyIngress {
+			inCookie = c.jar.cookie(RuleRef{Kind: kind, Namespace: p.Namespace, Name: p.Name, Dir: Ingress, Path: cr.Path, Default: true})
+		}
+		if cr.DefaultDenyEgress {
+			egCookie = c.jar.cookie(RuleRef{Kind: kind, Namespace: p.Namespace, Name: p.Name, Dir: Egress, Path: cr.Path, Default: true})
+		}
 		for _, id := range selected {
 			ip := c.res.Identities[id.ID]
 			if len(cr.Ingress) > 0 || len(cr.IngressDeny) > 0 {
 				ip.IngressEnforced = true
-				c.defaultDeny(id.ID, Ingress, cr.DefaultDenyIngress)
+				c.defaultDeny(id.ID, Ingress, cr.DefaultDenyIngress, inCookie)
 			}
 			if len(cr.Egress) > 0 || len(cr.EgressDeny) > 0 {
 				ip.EgressEnforced = true
-				c.defaultDeny(id.ID, Egress, cr.DefaultDenyEgress)
+				c.defaultDeny(id.ID, Egress, cr.DefaultDenyEgress, egCookie)
 			}
 		}
 	}
 }
 
 // defaultDeny records whether a policy selecting id for dir asks for
-// default deny; any one asking is enough.
-func (c *compiler) defaultDeny(id uint32, dir Direction, on bool) {
+// default deny; any one asking is enough. cookie names that policy's
+// default deny; the lowest cookie names the direction's.
+func (c *compiler) defaultDeny(id uint32, dir Direction, on bool, cookie uint32) {
 	if c.dd == nil {
 		c.dd = map[uint32]*[2]bool{}
 	}
@@ -111,6 +119,17 @@ func (c *compiler) defaultDeny(id uint32, dir Direction, on bool) {
 		c.dd[id] = d
 	}
 	d[dir] = d[dir] || on
+	if !on {
+		return
+	}
+	ip := c.res.Identities[id]
+	cur := &ip.IngressDefault
+	if dir == Egress {
+		cur = &ip.EgressDefault
+	}
+	if *cur == CookieNone || cookie < *cur {
+		*cur = cookie
+	}
 }
 
 // defaultAllows gives every direction that is enforced but that no policy

@@ -663,6 +663,14 @@ func TestCiliumRulesNamed(t *testing.T) {
 	check(e, "CiliumNetworkPolicy pets/p spec.ingress[0]")
 	e, _ = c.res.Lookup(cat, IdentityWorld, Egress, ProtoTCP, 443)
 	check(e, "CiliumClusterwideNetworkPolicy /c spec.egress[0]")
+	// A drop no rule decides names the policy whose default deny it is.
+	e, _ = c.res.Lookup(cat, c.pods["default/client"], Ingress, ProtoTCP, 8080)
+	check(e, "CiliumNetworkPolicy pets/p spec")
+	if !c.res.Rules[e.Cookie].Default {
+		t.Error("default deny not marked as such")
+	}
+	e, _ = c.res.Lookup(cat, c.pods["shop/web"], Egress, ProtoTCP, 8000)
+	check(e, "CiliumClusterwideNetworkPolicy /c spec")
 }
 
 // TestWorkshopFiles compiles the workshop's own files (kept in

@@ -159,6 +159,13 @@ func (c *compiler) networkPolicy(np *networkingv1.NetworkPolicy) error {
 		}
 	}
 	ingress, egress := policyTypes(&np.Spec)
+	var inCookie, egCookie uint32
+	if ingress {
+		inCookie = c.jar.cookie(RuleRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Dir: Ingress, Default: true})
+	}
+	if egress {
+		egCookie = c.jar.cookie(RuleRef{Kind: KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name, Dir: Egress, Default: true})
+	}
 	// Rules of a direction the policy does not list are ignored, as every
 	// implementation does: policyTypes decides what a policy is about.
 	if ingress {
@@ -181,11 +188,11 @@ func (c *compiler) networkPolicy(np *networkingv1.NetworkPolicy) error {
 		ip := c.res.Identities[id.ID]
 		if ingress {
 			ip.IngressEnforced = true
-			c.defaultDeny(id.ID, Ingress, true)
+			c.defaultDeny(id.ID, Ingress, true, inCookie)
 		}
 		if egress {
 			ip.EgressEnforced = true
-			c.defaultDeny(id.ID, Egress, true)
+			c.defaultDeny(id.ID, Egress, true, egCookie)
 		}
 	}
 	return nil

@@ -38,8 +38,9 @@ func TestCompileEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in0 := Entry{Action: ActionAllow, Cookie: 3}
-	eg0 := Entry{Action: ActionAllow, Cookie: 4}
+	// Cookies 3 and 4 name the policy's default denies.
+	in0 := Entry{Action: ActionAllow, Cookie: 5}
+	eg0 := Entry{Action: ActionAllow, Cookie: 6}
 	want := map[Key]Entry{
 		{Local: cat, Remote: dog, Dir: Ingress, Proto: ProtoTCP, Port: 80, PortPrefixLen: 16}:   in0,
 		{Local: cat, Remote: dog, Dir: Ingress, Proto: ProtoUDP, Port: 1000, PortPrefixLen: 13}: in0,
@@ -55,7 +56,7 @@ func TestCompileEntries(t *testing.T) {
 	if !maps.Equal(ip.Entries, want) {
 		t.Errorf("entries:\n got %v\nwant %v", ip.Entries, want)
 	}
-	if len(res.Rules) != 4 {
+	if len(res.Rules) != 6 {
 		t.Errorf("rules: %v", res.Rules)
 	}
 }

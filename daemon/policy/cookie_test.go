@@ -61,7 +61,7 @@ func TestCookieJarStable(t *testing.T) {
 	}
 
 	first := cookiesByRule(compile(cookiePolicyA, cookiePolicyB))
-	if len(first) != 6 { // a: 2 ingress + 1 egress; b: 1; host ingress, default allow
+	if len(first) != 9 { // a: 2 ingress + 1 egress + 2 default denies; b: 1 + 1 default deny; host ingress, default allow
 		t.Fatalf("rules: %v", first)
 	}
 	if first[HostIngressRule] != CookieHostIngress {
@@ -150,7 +150,9 @@ func TestCompileNamesRules(t *testing.T) {
 			t.Errorf("%d %v %d: cookie %d names %+v, want %+v", tc.remote, tc.dir, tc.port, e.Cookie, got, tc.want)
 		}
 	}
-	if e, _ := c.res.Lookup(cat, client, Ingress, ProtoTCP, 81); e != (Entry{Action: ActionDeny, Cookie: CookieNone}) {
-		t.Errorf("default deny: got %+v", e)
+	// A drop no rule decided names the policy whose default deny it is.
+	e, _ := c.res.Lookup(cat, client, Ingress, ProtoTCP, 81)
+	if want := (RuleRef{Kind: KindNetworkPolicy, Namespace: "pets", Name: "a", Dir: Ingress, Default: true}); e.Action != ActionDeny || c.res.Rules[e.Cookie] != want {
+		t.Errorf("default deny: got %+v naming %+v, want %+v", e, c.res.Rules[e.Cookie], want)
 	}
 }

@@ -16,8 +16,8 @@ package policy
 // whichever candidate either sits (nestDenies made sure the longest match
 // of one group cannot hide a deny of the same group). Otherwise the first
 // candidate found decides, in the order above, so the verdict names the
-// most specific rule. No candidate at all is the default deny, with
-// CookieNone. Only a non-deny entry can be "found" in the second pass:
+// most specific rule. No candidate at all is the default deny, with the
+// cookie of the policy that put the direction in default deny. Only a non-deny entry can be "found" in the second pass:
 // allows and proxy redirects alike.
 func (r *Result) Lookup(local, remote uint32, dir Direction, proto uint8, port uint16) (e Entry, enforced bool) {
 	if r == nil {
@@ -45,7 +45,14 @@ func (r *Result) Lookup(local, remote uint32, dir Direction, proto uint8, port u
 			return cands[i], true
 		}
 	}
-	return Entry{Action: ActionDeny, Cookie: CookieNone}, true
+	return Entry{Action: ActionDeny, Cookie: ip.defaultCookie(dir)}, true
+}
+
+func (ip *IdentityPolicy) defaultCookie(dir Direction) uint32 {
+	if dir == Egress {
+		return ip.EgressDefault
+	}
+	return ip.IngressDefault
 }
 
 func (ip *IdentityPolicy) enforced(dir Direction) bool {

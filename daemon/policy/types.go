@@ -110,6 +110,9 @@ type RuleRef struct {
 	// Path is the rule's field path in a Cilium policy
 	// ("spec.ingressDeny[0]"); empty for a NetworkPolicy.
 	Path string
+	// Default: not one of the policy's rules but its default deny, which
+	// names the policy on drops no rule decided.
+	Default bool
 }
 
 // Identity is everything the compiler knows about one numeric identity.
@@ -140,5 +143,11 @@ type IdentityPolicy struct {
 	// direction, so traffic not allowed by an entry is denied.
 	IngressEnforced bool
 	EgressEnforced  bool
-	Entries         map[Key]Entry
+	// IngressDefault and EgressDefault are the cookies of the policy whose
+	// default deny a direction is in (the lowest when several), so a drop
+	// that no rule decided still names a policy. CookieNone when the
+	// direction is not in default deny.
+	IngressDefault uint32
+	EgressDefault  uint32
+	Entries        map[Key]Entry
 }
