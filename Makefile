@@ -42,6 +42,7 @@ peers:
 	@./scripts/build-azure-vnet.sh
 	@AEGIS_KUBECTL=0 ./scripts/build-kube-apiserver.sh
 	@./scripts/build-hubble-cli.sh
+	@./scripts/build-coredns.sh
 
 generate:
 	cd bpf && BPF_CLANG=clang $(GO) generate ./

@@ -36,7 +36,8 @@ type datapathCtEntry struct {
 	Closing      uint8
 	Scope        uint8
 	A_isSrc      uint8
-	Pad          [3]uint8
+	Redirect     uint8
+	Pad          [2]uint8
 }
 
 type datapathCtKey struct {
@@ -91,6 +92,15 @@ type datapathFlowEvent struct {
 	Pad         uint8
 }
 
+type datapathFqdnKey struct {
+	_       structs.HostLayout
+	LocalId uint32
+	Addr    uint32
+	Proto   uint8
+	Pad     uint8
+	Port    uint16
+}
+
 type datapathIpcacheEntry struct {
 	_        structs.HostLayout
 	Identity uint32
@@ -123,6 +133,13 @@ type datapathPolicyKey struct {
 	Dport     uint16
 }
 
+type datapathProxyConfig struct {
+	_       structs.HostLayout
+	DnsPort uint16
+	Pad     uint16
+	Pad2    uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -132,10 +149,12 @@ const (
 	datapathMapAegisEndpoints    = "aegis_endpoints"
 	datapathMapAegisEnforce      = "aegis_enforce"
 	datapathMapAegisEvents       = "aegis_events"
+	datapathMapAegisFqdn         = "aegis_fqdn"
 	datapathMapAegisIpcache      = "aegis_ipcache"
 	datapathMapAegisLost         = "aegis_lost"
 	datapathMapAegisPolicy       = "aegis_policy"
 	datapathMapAegisPolicyRev    = "aegis_policy_rev"
+	datapathMapAegisProxy        = "aegis_proxy"
 	datapathProgAegisFromPod     = "aegis_from_pod"
 	datapathProgAegisToPod       = "aegis_to_pod"
 	datapathVarSummaryIntervalNs = "summary_interval_ns"
@@ -197,10 +216,12 @@ type datapathMapSpecs struct {
 	AegisEndpoints *ebpf.MapSpec `ebpf:"aegis_endpoints"`
 	AegisEnforce   *ebpf.MapSpec `ebpf:"aegis_enforce"`
 	AegisEvents    *ebpf.MapSpec `ebpf:"aegis_events"`
+	AegisFqdn      *ebpf.MapSpec `ebpf:"aegis_fqdn"`
 	AegisIpcache   *ebpf.MapSpec `ebpf:"aegis_ipcache"`
 	AegisLost      *ebpf.MapSpec `ebpf:"aegis_lost"`
 	AegisPolicy    *ebpf.MapSpec `ebpf:"aegis_policy"`
 	AegisPolicyRev *ebpf.MapSpec `ebpf:"aegis_policy_rev"`
+	AegisProxy     *ebpf.MapSpec `ebpf:"aegis_proxy"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -236,10 +257,12 @@ type datapathMaps struct {
 	AegisEndpoints *ebpf.Map `ebpf:"aegis_endpoints"`
 	AegisEnforce   *ebpf.Map `ebpf:"aegis_enforce"`
 	AegisEvents    *ebpf.Map `ebpf:"aegis_events"`
+	AegisFqdn      *ebpf.Map `ebpf:"aegis_fqdn"`
 	AegisIpcache   *ebpf.Map `ebpf:"aegis_ipcache"`
 	AegisLost      *ebpf.Map `ebpf:"aegis_lost"`
 	AegisPolicy    *ebpf.Map `ebpf:"aegis_policy"`
 	AegisPolicyRev *ebpf.Map `ebpf:"aegis_policy_rev"`
+	AegisProxy     *ebpf.Map `ebpf:"aegis_proxy"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -249,10 +272,12 @@ func (m *datapathMaps) Close() error {
 		m.AegisEndpoints,
 		m.AegisEnforce,
 		m.AegisEvents,
+		m.AegisFqdn,
 		m.AegisIpcache,
 		m.AegisLost,
 		m.AegisPolicy,
 		m.AegisPolicyRev,
+		m.AegisProxy,
 	)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/cilium/ebpf"
 )
 
@@ -193,4 +194,14 @@ func deleteAll[K any](m *ebpf.Map, keys []K) (int, error) {
 		done++
 	}
 	return done, nil
+}
+
+// LookupIPCache answers what the datapath answers for addr: the identity of
+// the longest prefix holding it, world when none does.
+func (m *Maps) LookupIPCache(addr netip.Addr) uint32 {
+	var v datapathIpcacheEntry
+	if err := m.IPCache.Lookup(ipcacheKey(netip.PrefixFrom(addr, addr.BitLen())), &v); err != nil {
+		return policy.IdentityWorld
+	}
+	return v.Identity
 }

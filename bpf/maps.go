@@ -20,6 +20,8 @@ const (
 	MapEvents    = "aegis_events"
 	MapCounters  = "aegis_counters"
 	MapLost      = "aegis_lost"
+	MapProxy     = "aegis_proxy"
+	MapFQDN      = "aegis_fqdn"
 )
 
 // Maps are the datapath's pinned maps, whoever opened them: the daemon
@@ -34,6 +36,8 @@ type Maps struct {
 	Events    *ebpf.Map
 	Counters  *ebpf.Map
 	Lost      *ebpf.Map
+	Proxy     *ebpf.Map
+	FQDN      *ebpf.Map
 	owned     bool
 }
 
@@ -48,6 +52,8 @@ func mapsFromObjects(o *datapathMaps) *Maps {
 		Events:    o.AegisEvents,
 		Counters:  o.AegisCounters,
 		Lost:      o.AegisLost,
+		Proxy:     o.AegisProxy,
+		FQDN:      o.AegisFqdn,
 	}
 }
 
@@ -62,6 +68,7 @@ func OpenMaps(paths Paths) (*Maps, error) {
 		MapEndpoints: &m.Endpoints, MapEnforce: &m.Enforce, MapIPCache: &m.IPCache,
 		MapPolicy: &m.Policy, MapPolicyRev: &m.PolicyRev, MapCT: &m.CT,
 		MapEvents: &m.Events, MapCounters: &m.Counters, MapLost: &m.Lost,
+		MapProxy: &m.Proxy, MapFQDN: &m.FQDN,
 	} {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(paths.Maps(), name), nil)
 		if err != nil {
@@ -81,7 +88,7 @@ func (m *Maps) Close() error {
 	if m == nil || !m.owned {
 		return nil
 	}
-	for _, mp := range []*ebpf.Map{m.Endpoints, m.Enforce, m.IPCache, m.Policy, m.PolicyRev, m.CT, m.Events, m.Counters, m.Lost} {
+	for _, mp := range []*ebpf.Map{m.Endpoints, m.Enforce, m.IPCache, m.Policy, m.PolicyRev, m.CT, m.Events, m.Counters, m.Lost, m.Proxy, m.FQDN} {
 		if mp != nil {
 			mp.Close()
 		}

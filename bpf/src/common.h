@@ -36,6 +36,8 @@
 #define DROP_UNSUPPORTED_L3 139  /* UNSUPPORTED_L3_PROTOCOL */
 #define DROP_FRAG_NOT_FOUND 175  /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND */
 #define DROP_POLICY_DENY 181     /* an explicit deny rule matched */
+#define DROP_SOCKET_LOOKUP 178   /* SOCKET_LOOKUP_FAILED: the proxy is not listening */
+#define DROP_SOCKET_ASSIGN 179   /* SOCKET_ASSIGN_FAILED */
 
 /* Policy actions (daemon/policy.Action). */
 #define ACTION_NONE 0

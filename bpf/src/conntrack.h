@@ -46,7 +46,8 @@ struct ct_entry {
 	__u8 closing;
 	__u8 scope;             /* DIR_* of the hook that created the entry */
 	__u8 a_is_src;          /* the key's end a sent the first packet */
-	__u8 pad[3];
+	__u8 redirect;          /* ACTION_REDIRECT_* the connection goes through, or 0 */
+	__u8 pad[2];
 };
 
 struct {

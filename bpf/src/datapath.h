@@ -11,6 +11,11 @@
 #include "policy.h"
 #include "conntrack.h"
 #include "events.h"
+#include "proxy.h"
+
+/* to_proxy hands a packet of a redirected connection to its proxy. */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now);
 
 static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t, __u8 reason,
 				__u8 dir, __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
@@ -82,6 +87,8 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		if (e && e->policy_rev == policy_revision()) {
 			fresh = ct_account(e, &t, 0, now);
 			maybe_report(skb, &t, e, fresh, 0, dir, now);
+			if (e->redirect)
+				return to_proxy(skb, &t, dir, e->src_identity, e->dst_identity, e->cookie, now);
 			return forward(&t, dir);
 		}
 	}
@@ -111,9 +118,21 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 
 	if (enforced) {
 		verdict = policy_verdict(local_id, remote_id, dir, t.proto, t.dport);
+		/* No rule decided: an address a toFQDNs rule learned may still
+		 * be allowed. An explicit deny stays a deny. */
+		if (verdict.action == ACTION_DENY && !verdict.flags && dir == DIR_EGRESS) {
+			__u32 c = fqdn_allowed(local_id, &t);
+			if (c) {
+				verdict.action = ACTION_ALLOW;
+				verdict.cookie = c;
+			}
+		}
 		if (verdict.action == ACTION_DENY && !verdict.cookie)
 			verdict.cookie = default_cookie;
 	}
+	/* Redirection is for the pod's own packets (tc ingress), where the
+	 * socket can be assigned. */
+	__u8 redirect = verdict.action == ACTION_REDIRECT_DNS && dir == DIR_EGRESS ? ACTION_REDIRECT_DNS : 0;
 	if (verdict.action == ACTION_DENY) {
 		if (e)
 			bpf_map_delete_elem(&aegis_ct, &key);
@@ -125,14 +144,32 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		/* Still allowed under the new revision. */
 		e->policy_rev = rev;
 		e->cookie = verdict.cookie;
+		e->redirect = redirect;
 		fresh = ct_account(e, &t, 0, now);
 		maybe_report(skb, &t, e, fresh, 0, dir, now);
+		if (redirect)
+			return to_proxy(skb, &t, dir, src_id, dst_id, verdict.cookie, now);
 		return forward(&t, dir);
 	}
 
-	ct_create(&key, &t, dir, a_is_src, src_id, dst_id, verdict.cookie, rev, now);
+	e = ct_create(&key, &t, dir, a_is_src, src_id, dst_id, verdict.cookie, rev, now);
+	if (e && redirect)
+		e->redirect = redirect;
 	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
+	if (redirect)
+		return to_proxy(skb, &t, dir, src_id, dst_id, verdict.cookie, now);
 	return forward(&t, dir);
+}
+
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
+{
+	int reason = redirect_dns(skb, t);
+
+	if (reason)
+		return drop(skb, t, reason, dir, src_id, dst_id, cookie, now);
+	count(REASON_FORWARDED, dir, t->len);
+	return TCX_PASS;
 }
 
 #endif

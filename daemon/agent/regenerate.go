@@ -148,6 +148,10 @@ func (a *Agent) regenerate() (err error) {
 			return fmt.Errorf("compile policy: %w", err)
 		}
 		res.AddServices(serviceBackends(pods.services, byKey, ipc))
+		// The proxy learns the DNS rules before any redirect to it exists.
+		if p := a.dnsProxy.Load(); p != nil {
+			(*p).SetPolicy(res)
+		}
 		entries, enforce = flatten(res)
 	}
 

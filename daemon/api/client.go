@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -125,4 +126,23 @@ func (c *Client) Policy(ctx context.Context, q url.Values) ([]Policy, error) {
 func (c *Client) Trace(ctx context.Context, req TraceRequest) (*TraceResponse, error) {
 	var r TraceResponse
 	return &r, c.do(ctx, http.MethodPost, "/v1/trace", nil, req, &r)
+}
+
+// FQDNCache lists what the DNS proxy learned.
+func (c *Client) FQDNCache(ctx context.Context) ([]FQDNEntry, error) {
+	var out []FQDNEntry
+	err := c.do(ctx, http.MethodGet, "/v1/fqdn/cache", nil, nil, &out)
+	return out, err
+}
+
+// CleanFQDNCache forgets what the DNS proxy learned (for one identity, or
+// all with 0) and the access it gave.
+func (c *Client) CleanFQDNCache(ctx context.Context, identity uint32) (int, error) {
+	q := url.Values{}
+	if identity != 0 {
+		q.Set("identity", strconv.FormatUint(uint64(identity), 10))
+	}
+	var out FQDNClean
+	err := c.do(ctx, http.MethodDelete, "/v1/fqdn/cache", q, nil, &out)
+	return out.Removed, err
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -31,6 +32,8 @@ type Backend interface {
 	Identities() []Identity
 	Policy(q url.Values) ([]Policy, error)
 	Trace(req TraceRequest) (*TraceResponse, error)
+	FQDNCache() ([]FQDNEntry, error)
+	CleanFQDNCache(identity uint32) (int, error)
 }
 
 // ListenRootOnly listens on a unix socket only root may use: 0600 in a
@@ -123,6 +126,22 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 		}
 		resp, err := b.Trace(req)
 		reply(w, resp, err)
+	})
+	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
+		l, err := b.FQDNCache()
+		reply(w, l, err)
+	})
+	mux.HandleFunc("DELETE /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
+		var id uint64
+		if s := r.URL.Query().Get("identity"); s != "" {
+			var err error
+			if id, err = strconv.ParseUint(s, 10, 32); err != nil {
+				reply(w, nil, fmt.Errorf("%w: identity %q", ErrBadRequest, s))
+				return
+			}
+		}
+		n, err := b.CleanFQDNCache(uint32(id))
+		reply(w, FQDNClean{Removed: n}, err)
 	})
 	return mux
 }

@@ -194,3 +194,19 @@ type ContainerNetLog struct {
 	State  string `json:"state"` // CONFIGURED or FAILED
 	Reason string `json:"reason,omitempty"`
 }
+
+// FQDNEntry is one address the DNS proxy learned for a name.
+type FQDNEntry struct {
+	Name      string    `json:"name"`
+	IP        string    `json:"ip"`
+	Identity  uint32    `json:"identity"` // the local identity it was learned for
+	Source    string    `json:"source"`   // the pod address that asked
+	Expires   time.Time `json:"expires"`
+	Selectors []string  `json:"selectors"` // the toFQDNs selectors the name matched
+	Ports     []string  `json:"ports"`
+}
+
+// FQDNClean says how many learned addresses a clean removed.
+type FQDNClean struct {
+	Removed int `json:"removed"`
+}

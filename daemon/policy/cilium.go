@@ -72,6 +72,9 @@ func (c *compiler) ciliumPolicy(p *cnp.Policy) {
 					continue
 				}
 				rs := c.ciliumRemotes(p.Namespace, pr)
+				if s.act == ActionAllow && s.dir == Egress && (len(pr.FQDNs) > 0 || len(pr.DNS) > 0) {
+					c.addL7(selected, rs, pr, cookie)
+				}
 				if !rs.any && len(rs.ids) == 0 {
 					continue
 				}

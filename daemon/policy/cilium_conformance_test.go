@@ -3,6 +3,7 @@ package policy
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -540,7 +541,7 @@ func ciliumCombinationCases() []conformanceCase {
 		},
 		probes: []string{"pets/cat default/client udp/53 allow", "pets/cat shop/web tcp/8000 allow", "pets/dog default/client udp/53 allow", "pets/dog shop/web tcp/8000 deny", "pets/cat shop/db tcp/5432 deny"},
 	}, {
-		name: "policies in other namespaces do not select",
+		name:     "policies in other namespaces do not select",
 		policies: []string{"kind: CiliumNetworkPolicy\nmetadata: {namespace: shop, name: p}\nspec: {endpointSelector: {matchLabels: {app: cat}}, ingress: [{}]}"},
 		probes:   []string{"default/client pets/cat tcp/8080 allow", "default/client dev/cat tcp/8081 allow"},
 	}, {
@@ -587,7 +588,7 @@ func ciliumCombinationCases() []conformanceCase {
 // and the rest of the policy still applies.
 func ciliumUnsupportedCases() []conformanceCase {
 	return []conformanceCase{{
-		name: "toFQDNs allows nothing until FQDN policy exists",
+		name: "toFQDNs allows no address before the DNS proxy learns one",
 		policies: []string{cnpIn("p", `{`+selCat+`, egress: [{toFQDNs: [{matchName: www.example.com}]},
 			{toEndpoints: [{matchLabels: {app: dog}}]}]}`)},
 		probes: []string{"pets/cat 203.0.113.9 tcp/443 deny", "pets/cat pets/dog tcp/80 allow"},
@@ -598,9 +599,9 @@ func ciliumUnsupportedCases() []conformanceCase {
 			{ports: [{port: "9090", protocol: TCP}]}]}]}`)},
 		probes: []string{"pets/dog pets/cat tcp/8080 deny", "pets/dog pets/cat tcp/9090 allow"},
 	}, {
-		name:     "ports with DNS rules allow nothing until the DNS proxy exists",
+		name:     "ports with DNS rules go to the DNS proxy, other ports stay denied",
 		policies: []string{cnpIn("p", `{`+selCat+`, egress: [{toEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]}]}`)},
-		probes:   []string{"pets/cat pets/dog udp/53 deny", "pets/cat pets/dog tcp/80 deny"},
+		probes:   []string{"pets/cat pets/dog udp/53 allow", "pets/cat pets/dog tcp/53 allow", "pets/cat pets/dog tcp/80 deny", "pets/cat pets/bird udp/53 deny"},
 	}, {
 		name:     "a rule requiring authentication allows nothing",
 		policies: []string{cnpIn("p", `{`+selCat+`, ingress: [{fromEndpoints: [{matchLabels: {app: dog}}], authentication: {mode: required}}, {fromEndpoints: [{matchLabels: {app: bird}}]}]}`)},
@@ -745,5 +746,46 @@ func TestWorkshopFiles(t *testing.T) {
 		if allow, why, _ := c.verdict(p); allow != p.allow {
 			t.Errorf("chaos: %s: got %s", s, why)
 		}
+	}
+}
+
+// TestDNSAndFQDNRules: DNS rules become redirects to the DNS proxy plus
+// the patterns the proxy enforces per server and port; toFQDNs rules
+// become the selectors the proxy learns addresses for.
+func TestDNSAndFQDNRules(t *testing.T) {
+	c := newTestCluster(t, defaultWorld(), []string{cnpIn("p", `{`+selCat+`, egress: [
+		{toEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "53", protocol: UDP}], rules: {dns: [{matchPattern: "*.microsoft.com"}, {matchName: rabbitmq.pets.svc.cluster.local}]}}]},
+		{toFQDNs: [{matchPattern: "*.microsoft.com"}], toPorts: [{ports: [{port: "443", protocol: TCP}, {port: "80", protocol: TCP}]}]},
+		{toFQDNs: [{matchName: api.github.com}]}]}`)})
+	cat, dog, bird := c.pods["pets/cat"], c.pods["pets/dog"], c.pods["pets/bird"]
+	e, _ := c.res.Lookup(cat, dog, Egress, ProtoUDP, 53)
+	if e.Action != ActionRedirectDNS {
+		t.Fatalf("udp/53 to dog: %v, want redirect-dns", e.Action)
+	}
+	if e, _ := c.res.Lookup(cat, dog, Egress, ProtoTCP, 53); e.Action != ActionDeny {
+		t.Errorf("tcp/53 to dog: %v (the rule says UDP)", e.Action)
+	}
+	rules := c.res.DNSPatterns(cat, dog, ProtoUDP, 53)
+	if len(rules) != 1 || len(rules[0].Patterns) != 2 || rules[0].Cookie != e.Cookie {
+		t.Fatalf("DNS rules for cat -> dog udp/53: %+v", rules)
+	}
+	if got := c.res.DNSPatterns(cat, bird, ProtoUDP, 53); len(got) != 0 {
+		t.Errorf("DNS rules for a server the rule does not name: %+v", got)
+	}
+	if got := c.res.DNSPatterns(cat, dog, ProtoUDP, 5353); len(got) != 0 {
+		t.Errorf("DNS rules for another port: %+v", got)
+	}
+	fq := c.res.FQDN[cat]
+	if len(fq) != 2 {
+		t.Fatalf("toFQDNs rules: %+v", fq)
+	}
+	if want := []ProtoPort{{ProtoTCP, 443}, {ProtoTCP, 80}}; !slices.Equal(fq[0].Ports, want) || fq[0].Selectors[0].MatchPattern != "*.microsoft.com" {
+		t.Errorf("first toFQDNs rule: %+v", fq[0])
+	}
+	if want := []ProtoPort{{Proto: ProtoAny}}; !slices.Equal(fq[1].Ports, want) {
+		t.Errorf("toFQDNs without ports: %+v", fq[1].Ports)
+	}
+	if ref := c.res.Rules[fq[0].Cookie]; ref.Path != "spec.egress[1]" {
+		t.Errorf("toFQDNs cookie names %+v", ref)
 	}
 }

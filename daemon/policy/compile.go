@@ -36,6 +36,10 @@ type Result struct {
 	Identities map[uint32]*IdentityPolicy
 	// Rules names the rule behind every cookie of the policies compiled.
 	Rules map[uint32]RuleRef
+	// DNS and FQDN are, per local identity, the DNS rules the DNS proxy
+	// enforces and the toFQDNs rules it learns addresses for.
+	DNS  map[uint32][]DNSRule
+	FQDN map[uint32][]FQDNRule
 }
 
 // Compile compiles the policies for the local identities. It validates

@@ -1,5 +1,7 @@
 package policy
 
+import "slices"
+
 // Service is a ClusterIP service as the datapath sees it. Pods send to the
 // service address; kube-proxy translates it only after Aegis has judged
 // the packet, so the service address carries an identity of its own and
@@ -39,6 +41,7 @@ func (r *Result) AddServices(svcs []Service) {
 					continue
 				}
 				var cookie uint32
+				action := ActionAllow
 				allowed := true
 				for i, b := range sp.Backends {
 					e, _ := r.Lookup(local, b.Identity, Egress, sp.Proto, b.Port)
@@ -49,12 +52,43 @@ func (r *Result) AddServices(svcs []Service) {
 					if i == 0 {
 						cookie = e.Cookie
 					}
+					// A backend the DNS proxy must see makes the service
+					// port go through the proxy too.
+					if e.Action == ActionRedirectDNS {
+						action = ActionRedirectDNS
+					}
 				}
 				if allowed {
 					k := Key{Local: local, Remote: svc.Identity, Dir: Egress, Proto: sp.Proto, Port: sp.Port, PortPrefixLen: 16}
-					ip.Entries[k] = Entry{Action: ActionAllow, Cookie: cookie}
+					ip.Entries[k] = Entry{Action: action, Cookie: cookie}
+					if action == ActionRedirectDNS {
+						r.dnsToService(local, svc.Identity, sp.Backends)
+					}
 				}
 			}
+		}
+	}
+}
+
+// dnsToService lets the DNS rules that cover every backend of a service
+// cover the service address too: the proxy sees the address the pod asked.
+func (r *Result) dnsToService(local, svc uint32, backends []ServiceBackend) {
+	rules := r.DNS[local]
+	for i := range rules {
+		d := &rules[i]
+		if d.AnyRemote || slices.Contains(d.Remotes, svc) {
+			continue
+		}
+		all := true
+		for _, b := range backends {
+			if !slices.Contains(d.Remotes, b.Identity) {
+				all = false
+				break
+			}
+		}
+		if all {
+			d.Remotes = append(slices.Clone(d.Remotes), svc)
+			slices.Sort(d.Remotes)
 		}
 	}
 }

@@ -308,7 +308,9 @@ func (c *testCluster) verdict(p probe) (allow bool, why string, err error) {
 		return false, "", err
 	}
 	if src.local {
-		if e, enforced := c.res.Lookup(src.id, dst.id, Egress, p.proto, p.port); enforced && e.Action != ActionAllow {
+		// A redirect to the DNS proxy passes the packet on to the proxy,
+		// which decides per query: the datapath lets it through.
+		if e, enforced := c.res.Lookup(src.id, dst.id, Egress, p.proto, p.port); enforced && e.Action != ActionAllow && e.Action != ActionRedirectDNS {
 			return false, fmt.Sprintf("egress of %d to %d: %v (cookie %d)", src.id, dst.id, e.Action, e.Cookie), nil
 		}
 	}

@@ -34,6 +34,9 @@ Commands:
           [--from-ip IP] [--to-ip IP] [--protocol P] [--port N] [--label SEL] [--to-fqdn NAME]
           [--drop-reason-desc R] [--type drop|trace] [--since 5m] [--last N] [--follow] [-o compact|json]
                               flows with verdicts through the Hubble API, like hubble observe
+  fqdn cache list             addresses the DNS proxy learned for toFQDNs rules, with TTL left
+  fqdn cache clean [--identity N]
+                              forget them, and the access they gave
   bpf endpoint list           the endpoints map, read from the pins
   bpf policy list             the policy map
   bpf ipcache list            the ipcache map
@@ -82,7 +85,10 @@ func run(ctx context.Context, argv []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	client := api.NewClient(g.socket, 30*time.Second)
-	if len(rest) > 0 && (cmd == "endpoint" || cmd == "identity" || cmd == "policy" || cmd == "bpf") {
+	if len(rest) > 0 && (cmd == "endpoint" || cmd == "identity" || cmd == "policy" || cmd == "bpf" || cmd == "fqdn") {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	if cmd == "fqdn cache" && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	if strings.HasPrefix(cmd, "bpf ") && cmd != "bpf counters" && len(rest) > 0 {
@@ -99,6 +105,10 @@ func run(ctx context.Context, argv []string) error {
 		return cmdPolicy(ctx, client, rest)
 	case "policy trace":
 		return cmdTrace(ctx, client, rest)
+	case "fqdn cache list":
+		return cmdFQDNList(ctx, client, rest)
+	case "fqdn cache clean":
+		return cmdFQDNClean(ctx, client, rest)
 	case "bpf endpoint list", "bpf policy list", "bpf ipcache list", "bpf ct list", "bpf counters":
 		return cmdBPF(g, cmd, rest)
 	}

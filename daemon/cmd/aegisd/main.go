@@ -45,6 +45,11 @@ type options struct {
 	flowLogMaxMB    int
 	flowLogBackups  int
 	metricsAddr     string
+	dnsProxyPort    uint
+	dnsRefuse       string
+	dnsTimeout      time.Duration
+	fqdnMinTTL      time.Duration
+	fqdnMaxIPs      int
 }
 
 func parseFlags(argv []string) (*options, error) {
@@ -76,6 +81,11 @@ func parseFlags(argv []string) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", metrics.DefaultAddr, "address of the Prometheus /metrics endpoint (loopback by default); empty disables it")
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
+	fs.UintVar(&o.dnsProxyPort, "dns-proxy-port", 10053, "port of the transparent DNS proxy (UDP and TCP) on the node; 0 disables it, and pods with DNS rules lose DNS")
+	fs.StringVar(&o.dnsRefuse, "dns-refuse", "refused", "answer to queries no DNS rule allows: refused or nxdomain")
+	fs.DurationVar(&o.dnsTimeout, "dns-upstream-timeout", 2*time.Second, "how long the DNS proxy waits for a server before answering SERVFAIL")
+	fs.DurationVar(&o.fqdnMinTTL, "fqdn-min-ttl", 0, "shortest time an address learned for toFQDNs stays allowed, whatever the answer's TTL")
+	fs.IntVar(&o.fqdnMaxIPs, "fqdn-max-ips-per-name", 50, "addresses kept per name and identity for toFQDNs; the ones expiring first go")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: aegisd (--manifests DIR | --kubeconfig FILE | --in-cluster) [flags]\n\naegisd enforces network policy on this node's pods through eBPF programs that\nthe aegis-cni plugin attaches. Policy, pods and services come from a directory of\nKubernetes manifests or from the Kubernetes API.\n\n")
 		fs.PrintDefaults()
@@ -88,6 +98,15 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
+	}
+	if o.dnsProxyPort > 65535 {
+		return nil, fmt.Errorf("--dns-proxy-port %d: not a port", o.dnsProxyPort)
+	}
+	if o.dnsRefuse != "refused" && o.dnsRefuse != "nxdomain" {
+		return nil, fmt.Errorf("--dns-refuse %q: want refused or nxdomain", o.dnsRefuse)
+	}
+	if o.fqdnMaxIPs < 1 || o.fqdnMinTTL < 0 || o.dnsTimeout <= 0 {
+		return nil, errors.New("--fqdn-max-ips-per-name must be at least 1, --fqdn-min-ttl at least 0 and --dns-upstream-timeout positive")
 	}
 	sources := 0
 	for _, set := range []bool{o.manifests != "", o.kubeconfig != "", o.inCluster} {
@@ -138,7 +157,18 @@ func run(ctx context.Context, o *options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 5)
+	errc := make(chan error, 8)
+	obs := observe.New(a.Maps(), a, o.flowCapacity, log)
+	a.SetObserver(obs)
+	// The DNS proxy runs before the source delivers policy: the datapath
+	// redirects to it only under rules it already holds.
+	if o.dnsProxyPort != 0 {
+		if err := startDNSProxy(ctx, o, a, obs, log, errc); err != nil {
+			return err
+		}
+	} else if err := a.Maps().SetProxyPorts(0); err != nil {
+		return err
+	}
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()
 	src, err := newSource(o, log)
 	if err != nil {
@@ -155,8 +185,6 @@ func run(ctx context.Context, o *options) error {
 	}()
 	log.Info("aegisd started", "version", agent.Version, "node", o.nodeName, "bpfRoot", o.bpfRoot,
 		"socket", o.socket, "source", src.kind+" "+src.location, "nodeIPs", strings.Trim(fmt.Sprint(o.nodeIPs), "[]"))
-	obs := observe.New(a.Maps(), a, o.flowCapacity, log)
-	a.SetObserver(obs)
 	go func() {
 		if err := obs.Run(ctx); err != nil {
 			errc <- fmt.Errorf("flow observer: %w", err)

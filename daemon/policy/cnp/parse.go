@@ -62,6 +62,18 @@ type PeerRule struct {
 	// was unsupported or listed no ports).
 	AllPorts bool
 	Ports    []Port
+	// FQDNs are the rule's toFQDNs selectors: the peers are the addresses
+	// the DNS proxy learns for names they match, on the rule's ports.
+	FQDNs []FQDNSelector
+	// DNS are the ports with DNS rules: traffic to the peers on them goes
+	// through the DNS proxy, which lets through queries the rules match.
+	DNS []DNSPorts
+}
+
+// DNSPorts is a port rule with DNS rules.
+type DNSPorts struct {
+	Ports []Port
+	Rules []FQDNSelector
 }
 
 // CIDRSet is a prefix minus its exceptions.
@@ -387,9 +399,13 @@ func (p *Policy) peerRule(at string, index int, deny bool, ps peers) (PeerRule, 
 		if err := validFQDNSelector(f); err != nil {
 			return pr, fmt.Errorf("%s.toFQDNs[%d]: %w", at, i, err)
 		}
+		if len(ps.fqdns) > 0 && first != "" {
+			return pr, fmt.Errorf("%s: combining toFQDNs and %s in one rule is not supported (as in Cilium)", at, first)
+		}
 	}
-	if ps.fqdns != nil {
-		p.unsupported(at+".toFQDNs", "FQDN policy is not enforced by aegis yet; the rule allows nothing to these names")
+	pr.FQDNs = ps.fqdns
+	if ps.fqdns != nil && len(ps.fqdns) == 0 {
+		pr.None = true
 	}
 
 	for i := range ps.endpoints {
@@ -492,6 +508,10 @@ func (p *Policy) allowPorts(at string, egress bool, rules []PortRule, pr *PeerRu
 			return err
 		}
 		switch {
+		case r.Rules != nil && r.Rules.DNS != nil:
+			// Validated above: egress only, nothing else beside.
+			pr.DNS = append(pr.DNS, DNSPorts{Ports: ports, Rules: r.Rules.DNS})
+			continue
 		case r.Rules != nil && !r.Rules.empty():
 			p.unsupported(where+".rules", "layer 7 rules are not enforced by aegis yet; these ports allow nothing")
 			continue

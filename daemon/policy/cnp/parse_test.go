@@ -65,6 +65,7 @@ func TestParseRejects(t *testing.T) {
 		{"DNS rules at ingress", head + "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}]}}]}]}", "DNS rules apply to egress only"},
 		{"two L7 kinds", head + "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{}], dns: [{matchName: a.com}]}}]}]}", "only one of http, dns"},
 		{"bad HTTP regexp", head + "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{path: \"/(\"}]}}]}]}", "spec.ingress[0].toPorts[0].rules.http[0].path: invalid regular expression"},
+		{"FQDNs and endpoints in one rule", head + "spec: {endpointSelector: {}, egress: [{toEndpoints: [{}], toFQDNs: [{matchName: a.com}]}]}", "combining toFQDNs and toEndpoints"},
 		{"FQDN with both", head + "spec: {endpointSelector: {}, egress: [{toFQDNs: [{matchName: a.com, matchPattern: \"*.a.com\"}]}]}", "only one of matchName and matchPattern"},
 		{"FQDN with neither", head + "spec: {endpointSelector: {}, egress: [{toFQDNs: [{}]}]}", "one of matchName and matchPattern is required"},
 		{"FQDN name with a star", head + "spec: {endpointSelector: {}, egress: [{toFQDNs: [{matchName: \"*.a.com\"}]}]}", "matchName"},
@@ -113,7 +114,6 @@ func TestParseUnsupported(t *testing.T) {
 	want := []string{
 		"spec.ingress[0].toPorts[0].rules:",
 		"spec.ingress[1].authentication:",
-		"spec.egress[0].toFQDNs:",
 		"spec.egress[1].toServices:",
 		"spec.egress[2].toEntities[0]:",
 		"spec.egress[3].toCIDRSet[0]:",
@@ -127,7 +127,7 @@ func TestParseUnsupported(t *testing.T) {
 			t.Errorf("unsupported[%d] = %q, want prefix %q", i, p.Unsupported[i], w)
 		}
 	}
-	if len(p.Compiled) != 1 || len(p.Compiled[0].Ingress) != 2 || len(p.Compiled[0].Egress) != 5 {
+	if len(p.Compiled) != 1 || len(p.Compiled[0].Ingress) != 2 || len(p.Compiled[0].Egress) != 5 || len(p.Compiled[0].Egress[0].FQDNs) != 1 {
 		t.Fatalf("compiled: %+v", p.Compiled)
 	}
 	if !p.Compiled[0].Ingress[1].None {

@@ -1,0 +1,109 @@
+/* Transparent redirection of a pod's traffic to aegisd's proxies (the DNS
+ * proxy today), and the addresses the DNS proxy learned for toFQDNs rules.
+ *
+ * Redirection assigns the packet to the proxy's socket with bpf_sk_assign
+ * (tc ingress of the host veth: the pod's own packets) and marks it, so the
+ * node's policy routing (fwmark PROXY_MARK, a local route) delivers it
+ * locally instead of forwarding it. The proxy's sockets are IP_TRANSPARENT:
+ * they see the original destination, and answer from it. */
+#ifndef AEGIS_PROXY_H
+#define AEGIS_PROXY_H
+
+#include "common.h"
+#include "parse.h"
+
+#define PROXY_MARK 0x0a00
+#define PROXY_MARK_MASK 0x0f00
+
+/* Where the proxies listen on the node (0: not running). */
+struct proxy_config {
+	__u16 dns_port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct proxy_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} aegis_proxy SEC(".maps");
+
+/* Learned toFQDNs peers: (local identity, address, protocol, port) to the
+ * cookie of the rule that allows it. Port 0 and protocol 0 mean every port
+ * and protocol. Written by the DNS proxy before it releases the answer,
+ * removed when the name's TTL (and the grace of live connections) ends. */
+struct fqdn_key {
+	__u32 local_id;
+	__u32 addr; /* IPv4, network order */
+	__u8 proto;
+	__u8 pad;
+	__u16 port; /* network order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct fqdn_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} aegis_fqdn SEC(".maps");
+
+/* fqdn_allowed returns the cookie of a learned toFQDNs rule that allows
+ * local_id to reach the tuple's destination, or 0. */
+static __always_inline __u32 fqdn_allowed(__u32 local_id, const struct tuple *t)
+{
+	struct fqdn_key k = { .local_id = local_id, .addr = t->daddr, .proto = t->proto, .port = t->dport };
+	__u32 *cookie = bpf_map_lookup_elem(&aegis_fqdn, &k);
+
+	if (cookie)
+		return *cookie;
+	k.proto = 0;
+	k.port = 0;
+	cookie = bpf_map_lookup_elem(&aegis_fqdn, &k);
+	return cookie ? *cookie : 0;
+}
+
+/* redirect_dns hands the packet to the DNS proxy; 0 on success, else the
+ * drop reason. */
+static __always_inline int redirect_dns(struct __sk_buff *skb, const struct tuple *t)
+{
+	__u32 zero = 0;
+	struct proxy_config *cfg = bpf_map_lookup_elem(&aegis_proxy, &zero);
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk = 0;
+	long ret;
+
+	if (!cfg || !cfg->dns_port)
+		return DROP_SOCKET_LOOKUP;
+	tuple.ipv4.saddr = t->saddr;
+	tuple.ipv4.daddr = t->daddr;
+	tuple.ipv4.sport = t->sport;
+	tuple.ipv4.dport = t->dport;
+	if (t->proto == IPPROTO_TCP) {
+		/* A connection the proxy already accepted: its own socket. */
+		sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk && sk->state == BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
+		if (!sk) {
+			tuple.ipv4.dport = bpf_htons(cfg->dns_port);
+			sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+		}
+	} else if (t->proto == IPPROTO_UDP) {
+		tuple.ipv4.dport = bpf_htons(cfg->dns_port);
+		sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return DROP_SOCKET_LOOKUP;
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (ret)
+		return DROP_SOCKET_ASSIGN;
+	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
+	return 0;
+}
+
+#endif

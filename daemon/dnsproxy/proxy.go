@@ -1,0 +1,466 @@
+// Package dnsproxy is the transparent DNS proxy. The datapath hands it the
+// DNS traffic of pods whose policy has DNS rules (bpf_sk_assign to its
+// IP_TRANSPARENT sockets); it lets through the queries the rules allow to
+// the server the pod asked, refuses the others, learns from each answer
+// the addresses of names that toFQDNs rules select and writes them to the
+// datapath before the pod sees the answer, and reports every query as an
+// L7 DNS flow.
+package dnsproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/miekg/dns"
+
+	"github.com/aegis-cni/aegis/daemon/fqdn"
+	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
+)
+
+// Config configures the proxy.
+type Config struct {
+	// Port is where the proxy listens (UDP and TCP) on every address of
+	// the node; the datapath learns it from the caller.
+	Port uint16
+	// RefuseCode answers queries no rule allows: dns.RcodeRefused (as
+	// Cilium) or dns.RcodeNameError.
+	RefuseCode int
+	// UpstreamTimeout bounds a query's trip to its server; past it the
+	// pod gets SERVFAIL.
+	UpstreamTimeout time.Duration
+	// MaxInFlight bounds the UDP queries handled at once.
+	MaxInFlight int
+}
+
+// Datapath is what the proxy needs of the datapath: identities of
+// addresses.
+type Datapath interface {
+	LookupIPCache(addr netip.Addr) uint32
+}
+
+// Proxy is a running DNS proxy. Create it with New, start it with Run.
+type Proxy struct {
+	cfg     Config
+	dp      Datapath
+	cache   *fqdn.Cache
+	log     *slog.Logger
+	emit    func(observe.DNSEvent)
+	res     atomic.Pointer[policy.Result]
+	sels    sync.Map // pattern or name as written -> fqdn.Selector
+	replies replySockets
+	udp     *net.UDPConn
+	tcp     net.Listener
+	stats   Stats
+}
+
+// Stats count what the proxy did.
+type Stats struct {
+	Queries, Allowed, Refused, Malformed, UpstreamErrors, Learned atomic.Uint64
+}
+
+// New opens the proxy's sockets. emit receives every query and answer (nil:
+// none), to become L7 DNS flows.
+func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent), log *slog.Logger) (*Proxy, error) {
+	if cfg.RefuseCode == 0 {
+		cfg.RefuseCode = dns.RcodeRefused
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = 2 * time.Second
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 512
+	}
+	if emit == nil {
+		emit = func(observe.DNSEvent) {}
+	}
+	p := &Proxy{cfg: cfg, dp: dp, cache: cache, emit: emit, log: log}
+	var err error
+	if p.udp, err = listenUDP(cfg.Port); err != nil {
+		return nil, err
+	}
+	if p.tcp, err = listenTCP(cfg.Port); err != nil {
+		p.udp.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// SetPolicy gives the proxy the compiled policy: the DNS rules it enforces
+// and the toFQDNs rules it learns for. The caller sets it before the
+// datapath redirects traffic under it.
+func (p *Proxy) SetPolicy(res *policy.Result) { p.res.Store(res) }
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() *Stats { return &p.stats }
+
+// Run serves until ctx ends.
+func (p *Proxy) Run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		p.udp.Close()
+		p.tcp.Close()
+		p.replies.close()
+	}()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.serveTCP(ctx)
+	}()
+	p.serveUDP(ctx)
+	wg.Wait()
+	return nil
+}
+
+func (p *Proxy) serveUDP(ctx context.Context) {
+	sem := make(chan struct{}, p.cfg.MaxInFlight)
+	buf := make([]byte, 65535)
+	oob := make([]byte, 512)
+	for {
+		n, oobn, _, src, err := p.udp.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.log.Warn("dns proxy: read", "err", err)
+			continue
+		}
+		dst, ok := origDst(oob[:oobn])
+		if !ok {
+			p.stats.Malformed.Add(1)
+			continue
+		}
+		query := append([]byte(nil), buf[:n]...)
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		select {
+		case sem <- struct{}{}:
+		default:
+			// Overloaded: the pod's resolver retries.
+			continue
+		}
+		go func() {
+			defer func() { <-sem }()
+			resp := p.handle(query, src, dst, policy.ProtoUDP)
+			if resp == nil {
+				return
+			}
+			sock, err := p.replies.get(dst)
+			if err != nil {
+				p.log.Warn("dns proxy: reply", "err", err)
+				return
+			}
+			if _, err := sock.WriteToUDPAddrPort(resp, src); err != nil {
+				p.log.Warn("dns proxy: reply", "to", src, "err", err)
+			}
+		}()
+	}
+}
+
+func (p *Proxy) serveTCP(ctx context.Context) {
+	for {
+		c, err := p.tcp.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		go p.serveConn(ctx, c)
+	}
+}
+
+// serveConn answers the queries of one TCP connection, in order, until the
+// pod closes it or stays idle.
+func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	for ctx.Err() == nil {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		query, err := readTCPMsg(c)
+		if err != nil {
+			return
+		}
+		resp := p.handle(query, src, dst, policy.ProtoTCP)
+		if resp == nil {
+			return
+		}
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if err := writeTCPMsg(c, resp); err != nil {
+			return
+		}
+	}
+}
+
+func readTCPMsg(r io.Reader) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	msg := make([]byte, binary.BigEndian.Uint16(l[:]))
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+func writeTCPMsg(w io.Writer, msg []byte) error {
+	out := make([]byte, 2+len(msg))
+	binary.BigEndian.PutUint16(out, uint16(len(msg)))
+	copy(out[2:], msg)
+	_, err := w.Write(out)
+	return err
+}
+
+// selector compiles (once) a DNS rule's or toFQDNs rule's selector.
+func (p *Proxy) selector(name, pattern string) (fqdn.Selector, bool) {
+	key := name + "\x00" + pattern
+	if s, ok := p.sels.Load(key); ok {
+		return s.(fqdn.Selector), true
+	}
+	s, err := fqdn.Compile(name, pattern)
+	if err != nil {
+		return fqdn.Selector{}, false
+	}
+	p.sels.Store(key, s)
+	return s, true
+}
+
+// errReply builds an answer carrying only rcode for q's header and
+// question.
+func errReply(q *dns.Msg, rcode int) []byte {
+	m := new(dns.Msg)
+	m.SetRcode(q, rcode)
+	m.RecursionAvailable = true
+	b, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// formErr answers a query that does not parse, when its header does.
+func formErr(query []byte) []byte {
+	if len(query) < 12 {
+		return nil
+	}
+	var h dns.Msg
+	h.Id = binary.BigEndian.Uint16(query[:2])
+	h.Response = true
+	h.Rcode = dns.RcodeFormatError
+	b, _ := h.Pack()
+	return b
+}
+
+// handle decides one query and returns the answer for the pod, or nil for
+// none.
+func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byte {
+	p.stats.Queries.Add(1)
+	start := time.Now()
+	var q dns.Msg
+	if err := q.Unpack(query); err != nil {
+		p.stats.Malformed.Add(1)
+		return formErr(query)
+	}
+	local := p.dp.LookupIPCache(src.Addr())
+	remote := p.dp.LookupIPCache(dst.Addr())
+	if q.Response || q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
+		p.stats.Malformed.Add(1)
+		p.emitDNS(dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q, verdict: flow.Verdict_DROPPED})
+		return errReply(&q, dns.RcodeFormatError)
+	}
+	res := p.res.Load()
+	name := q.Question[0].Name
+	var rules []policy.DNSRule
+	if res != nil {
+		rules = res.DNSPatterns(local, remote, proto, dst.Port())
+	}
+	var cookie uint32
+	for _, r := range rules {
+		for _, pat := range r.Patterns {
+			if s, ok := p.selector(pat.MatchName, pat.MatchPattern); ok && s.Matches(name) {
+				cookie = r.Cookie
+				break
+			}
+		}
+		if cookie != 0 {
+			break
+		}
+	}
+	ev := dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q}
+	if cookie == 0 {
+		p.stats.Refused.Add(1)
+		ev.verdict = flow.Verdict_DROPPED
+		if len(rules) > 0 {
+			ev.cookie = rules[0].Cookie
+		}
+		p.emitDNS(ev)
+		return errReply(&q, p.cfg.RefuseCode)
+	}
+	p.stats.Allowed.Add(1)
+	ev.verdict, ev.cookie = flow.Verdict_FORWARDED, cookie
+	p.emitDNS(ev)
+
+	raw, err := p.exchange(query, dst, proto)
+	var resp dns.Msg
+	if err == nil {
+		err = resp.Unpack(raw)
+	}
+	if err != nil {
+		p.stats.UpstreamErrors.Add(1)
+		p.log.Debug("dns proxy: upstream", "server", dst, "name", name, "err", err)
+		out := errReply(&q, dns.RcodeServerFailure)
+		var fail dns.Msg
+		fail.SetRcode(&q, dns.RcodeServerFailure)
+		ev.resp, ev.latency = &fail, time.Since(start)
+		p.emitDNS(ev)
+		return out
+	}
+	if err := p.learn(res, local, src.Addr(), &resp); err != nil {
+		p.log.Warn("dns proxy: learn", "name", name, "err", err)
+	}
+	ev.resp, ev.latency = &resp, time.Since(start)
+	p.emitDNS(ev)
+	return raw
+}
+
+// exchange forwards the query, as the pod sent it, to the server the pod
+// asked, over the protocol the pod used.
+func (p *Proxy) exchange(query []byte, server netip.AddrPort, proto uint8) ([]byte, error) {
+	deadline := time.Now().Add(p.cfg.UpstreamTimeout)
+	if proto == policy.ProtoTCP {
+		c, err := net.DialTimeout("tcp4", server.String(), p.cfg.UpstreamTimeout)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		if err := writeTCPMsg(c, query); err != nil {
+			return nil, err
+		}
+		return readTCPMsg(c)
+	}
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(server))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	if _, err := c.Write(query); err != nil {
+		return nil, err
+	}
+	id := binary.BigEndian.Uint16(query[:2])
+	buf := make([]byte, 65535)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		// A stray datagram with another ID is not our answer.
+		if n >= 2 && binary.BigEndian.Uint16(buf[:2]) == id {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+	}
+}
+
+// learn writes the addresses of names the local identity's toFQDNs rules
+// select, following CNAME chains from the question: every name of the
+// chain is matched, and the addresses at its end are learned for it.
+func (p *Proxy) learn(res *policy.Result, local uint32, src netip.Addr, resp *dns.Msg) error {
+	if res == nil || resp.Rcode != dns.RcodeSuccess || len(resp.Question) != 1 {
+		return nil
+	}
+	rules := res.FQDN[local]
+	if len(rules) == 0 {
+		return nil
+	}
+	names, ips, ttl := chain(resp)
+	var grants []fqdn.Grant
+	for _, r := range rules {
+		matched := ""
+		for _, s := range r.Selectors {
+			sel, ok := p.selector(s.MatchName, s.MatchPattern)
+			if !ok {
+				continue
+			}
+			for _, n := range names {
+				if sel.Matches(n) {
+					matched = sel.Source
+					break
+				}
+			}
+			if matched != "" {
+				break
+			}
+		}
+		if matched == "" {
+			continue
+		}
+		for _, pp := range r.Ports {
+			grants = append(grants, fqdn.Grant{Selector: matched, Proto: pp.Proto, Port: pp.Port, Cookie: r.Cookie})
+		}
+	}
+	if len(grants) == 0 || len(ips) == 0 {
+		return nil
+	}
+	p.stats.Learned.Add(uint64(len(ips)))
+	return p.cache.Learn(local, src.String(), names[0], ips, ttl, grants)
+}
+
+// chain returns the question's name and the CNAME targets reached from it,
+// the IPv4 addresses at the end of the chain, and the smallest TTL along
+// it.
+func chain(resp *dns.Msg) (names []string, ips []netip.Addr, ttl time.Duration) {
+	q := dns.CanonicalName(resp.Question[0].Name)
+	names = []string{q}
+	inChain := map[string]bool{q: true}
+	minTTL := uint32(0)
+	seen := false
+	note := func(t uint32) {
+		if !seen || t < minTTL {
+			minTTL, seen = t, true
+		}
+	}
+	// CNAMEs may come in any order; follow them to a fixed point, at most
+	// as many steps as there are records (no loops).
+	for range len(resp.Answer) {
+		grew := false
+		for _, rr := range resp.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && inChain[dns.CanonicalName(c.Hdr.Name)] && !inChain[dns.CanonicalName(c.Target)] {
+				t := dns.CanonicalName(c.Target)
+				inChain[t] = true
+				names = append(names, t)
+				note(c.Hdr.Ttl)
+				grew = true
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	for _, rr := range resp.Answer {
+		if a, ok := rr.(*dns.A); ok && inChain[dns.CanonicalName(a.Hdr.Name)] {
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				ips = append(ips, ip)
+				note(a.Hdr.Ttl)
+			}
+		}
+	}
+	return names, ips, time.Duration(minTTL) * time.Second
+}
+
+// String describes the proxy for logs.
+func (p *Proxy) String() string { return fmt.Sprintf("dns proxy on :%d", p.cfg.Port) }

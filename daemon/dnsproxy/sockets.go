@@ -1,0 +1,116 @@
+package dnsproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// transparent marks a socket IP_TRANSPARENT: it may receive packets the
+// datapath assigned to it whatever their destination, and send from
+// addresses that are not the node's. reuse adds SO_REUSEADDR and
+// SO_REUSEPORT, for the reply sockets bound to a server's address.
+func transparent(reuse, origDst bool) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			opts := [][2]int{{unix.SOL_IP, unix.IP_TRANSPARENT}}
+			if origDst {
+				opts = append(opts, [2]int{unix.SOL_IP, unix.IP_RECVORIGDSTADDR})
+			}
+			if reuse {
+				opts = append(opts, [2]int{unix.SOL_SOCKET, unix.SO_REUSEADDR}, [2]int{unix.SOL_SOCKET, unix.SO_REUSEPORT})
+			}
+			for _, o := range opts {
+				if serr = unix.SetsockoptInt(int(fd), o[0], o[1], 1); serr != nil {
+					serr = fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], serr)
+					return
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// listenUDP opens the proxy's UDP socket on every address of the node.
+func listenUDP(port uint16) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: transparent(false, true)}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", port))
+	if err != nil {
+		return nil, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// listenTCP opens the proxy's TCP listener; accepted connections carry the
+// original destination as their local address.
+func listenTCP(port uint16) (net.Listener, error) {
+	lc := net.ListenConfig{Control: transparent(false, false)}
+	l, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+	if err != nil {
+		return nil, fmt.Errorf("dns proxy: listen tcp :%d: %w", port, err)
+	}
+	return l, nil
+}
+
+// origDst reads IP_ORIGDSTADDR from a datagram's control messages: the
+// address and port the pod sent to.
+func origDst(oob []byte) (netip.AddrPort, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(m.Data) >= 8 {
+			port := binary.BigEndian.Uint16(m.Data[2:4])
+			addr := netip.AddrFrom4([4]byte(m.Data[4:8]))
+			return netip.AddrPortFrom(addr, port), true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// replySockets hands out UDP sockets bound to a server's address, so an
+// answer reaches the pod from the address and port it asked. They are kept
+// per server: a node talks to few DNS servers.
+type replySockets struct {
+	mu    sync.Mutex
+	socks map[netip.AddrPort]*net.UDPConn
+}
+
+func (r *replySockets) get(from netip.AddrPort) (*net.UDPConn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.socks[from]; c != nil {
+		return c, nil
+	}
+	lc := net.ListenConfig{Control: transparent(true, false)}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
+	if err != nil {
+		return nil, fmt.Errorf("dns proxy: reply socket for %s: %w", from, err)
+	}
+	if r.socks == nil {
+		r.socks = map[netip.AddrPort]*net.UDPConn{}
+	}
+	c := pc.(*net.UDPConn)
+	r.socks[from] = c
+	return c, nil
+}
+
+func (r *replySockets) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, c := range r.socks {
+		c.Close()
+		delete(r.socks, k)
+	}
+}

@@ -1,0 +1,131 @@
+package policy
+
+import (
+	"slices"
+
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+)
+
+// ProtoPort is one protocol and port of a DNS or toFQDNs rule. Port 0 is
+// every port of Proto; Proto ProtoAny (with port 0) is everything.
+type ProtoPort struct {
+	Proto uint8
+	Port  uint16
+}
+
+// DNSRule is what the DNS proxy enforces for a local identity: queries to
+// the remotes on the ports are allowed when a pattern matches the name.
+type DNSRule struct {
+	AnyRemote bool
+	Remotes   []uint32 // sorted; service identities whose backends all are remotes included
+	Ports     []ProtoPort
+	Patterns  []cnp.FQDNSelector
+	Cookie    uint32
+}
+
+// FQDNRule is a toFQDNs rule of a local identity: the addresses of names
+// its selectors match are allowed on its ports.
+type FQDNRule struct {
+	Selectors []cnp.FQDNSelector
+	Ports     []ProtoPort
+	Cookie    uint32
+}
+
+// maxRulePorts bounds the ports one DNS or toFQDNs rule expands to (a
+// range becomes one entry per port in the proxy's tables).
+const maxRulePorts = 1024
+
+// protoPorts expands a rule's ports: ANY to TCP, UDP and SCTP, ranges to
+// their ports (at most maxRulePorts, the rest left out: it allows less,
+// never more). all: the rule has no ports, so everything.
+func protoPorts(ports []cnp.Port, all bool) []ProtoPort {
+	if all {
+		return []ProtoPort{{Proto: ProtoAny}}
+	}
+	var out []ProtoPort
+	for _, p := range ports {
+		if p.Name != "" {
+			continue // named ports name pods' ports; a DNS server or a name has none
+		}
+		protos := []uint8{protoOf(p.Protocol)}
+		if p.Protocol == "ANY" {
+			if p.Port == 0 {
+				return []ProtoPort{{Proto: ProtoAny}}
+			}
+			protos = []uint8{ProtoTCP, ProtoUDP, ProtoSCTP}
+		}
+		last := p.Port
+		if p.EndPort != 0 {
+			last = p.EndPort
+		}
+		for _, proto := range protos {
+			for port := uint32(p.Port); port <= uint32(last) && len(out) < maxRulePorts; port++ {
+				out = append(out, ProtoPort{Proto: proto, Port: uint16(port)})
+			}
+		}
+	}
+	return out
+}
+
+func protoOf(name string) uint8 {
+	switch name {
+	case "UDP":
+		return ProtoUDP
+	case "SCTP":
+		return ProtoSCTP
+	case "TCP":
+		return ProtoTCP
+	}
+	return ProtoAny
+}
+
+// Covers reports whether the rule's ports include proto/port.
+func covers(ports []ProtoPort, proto uint8, port uint16) bool {
+	return slices.ContainsFunc(ports, func(pp ProtoPort) bool {
+		return pp.Proto == ProtoAny || (pp.Proto == proto && (pp.Port == 0 || pp.Port == port))
+	})
+}
+
+// DNSPatterns returns the DNS rules of local that apply to a query sent
+// to remote on proto/port: the proxy allows the query if one of their
+// patterns matches the name. None means no DNS rule covers the query.
+func (r *Result) DNSPatterns(local, remote uint32, proto uint8, port uint16) []DNSRule {
+	var out []DNSRule
+	for _, d := range r.DNS[local] {
+		if (d.AnyRemote || slices.Contains(d.Remotes, remote)) && covers(d.Ports, proto, port) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// addL7 records the DNS and toFQDNs parts of an egress allow rule for the
+// selected local identities, and gives DNS ports their redirect entries.
+func (c *compiler) addL7(selected []*Identity, rs remotes, pr *cnp.PeerRule, cookie uint32) {
+	if c.res.DNS == nil {
+		c.res.DNS = map[uint32][]DNSRule{}
+		c.res.FQDN = map[uint32][]FQDNRule{}
+	}
+	if len(pr.FQDNs) > 0 {
+		ports := protoPorts(pr.Ports, pr.AllPorts)
+		for _, local := range selected {
+			c.res.FQDN[local.ID] = append(c.res.FQDN[local.ID], FQDNRule{Selectors: pr.FQDNs, Ports: ports, Cookie: cookie})
+		}
+	}
+	if len(pr.DNS) == 0 || (!rs.any && len(rs.ids) == 0) {
+		return
+	}
+	for _, d := range pr.DNS {
+		rule := DNSRule{AnyRemote: rs.any, Remotes: rs.ids, Ports: protoPorts(d.Ports, len(d.Ports) == 0), Patterns: d.Rules, Cookie: cookie}
+		ports, all := npPorts(&cnp.PeerRule{Ports: d.Ports, AllPorts: len(d.Ports) == 0})
+		e := Entry{Action: ActionRedirectDNS, Cookie: cookie}
+		for _, local := range selected {
+			c.res.DNS[local.ID] = append(c.res.DNS[local.ID], rule)
+			if all {
+				c.add(local.ID, Egress, rs, nil, e)
+			} else {
+				c.add(local.ID, Egress, rs, ports, e)
+			}
+		}
+	}
+}

@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/miekg/dns"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/e2e/node"
+)
+
+// fqdnNode is the pet store with the DNS world, policy from the manifest
+// directory.
+type fqdnNode struct {
+	n     *node.Node
+	pods  map[string]*node.Pod
+	world *dnsWorld
+}
+
+func newFQDNNode(t *testing.T, daemonArgs ...string) *fqdnNode {
+	n := node.New(t, node.Options{})
+	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil)+"---\n"+node.NamespaceManifest("kube-system", nil))
+	var manifests []string
+	for name, ns := range petStorePods {
+		manifests = append(manifests, node.PodManifest(ns, name, petStoreLabels(name)))
+	}
+	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
+	n.StartDaemon(daemonArgs...)
+	f := &fqdnNode{n: n, pods: map[string]*node.Pod{}}
+	for _, name := range []string{"store-front", "order-service", "product-service", "rabbitmq", "kube-dns"} {
+		f.pods[name] = n.NewPod(petStorePods[name], name, nil)
+	}
+	f.world = newDNSWorld(t, n, f.pods["kube-dns"], f.pods["rabbitmq"].IP.String())
+	return f
+}
+
+// TestFQDNWorkshop: the workshop's FQDN policy for order-service
+// (acns-network-policy-fqdn.yaml over acns-network-policy.yaml) against
+// real resolvers.
+func TestFQDNWorkshop(t *testing.T) {
+	f := newFQDNNode(t)
+	order := f.pods["order-service"].NS
+	dnsIP := f.world.kubeDNS
+
+	// Before policy everything resolves and connects.
+	if ips, _, err := resolve(order, dnsIP, "udp", "www.bing.com"); err != nil || len(ips) == 0 {
+		t.Fatalf("before policy: www.bing.com: %v %v", ips, err)
+	}
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+
+	// www.microsoft.com resolves (through the search list, as curl in the
+	// pod does) and 443 connects.
+	ips, codes, err := resolve(order, dnsIP, "udp", "www.microsoft.com")
+	if err != nil || !slices.Contains(ips, mustAddr(msAddr)) {
+		t.Fatalf("www.microsoft.com: %v (%v) %v", ips, codes, err)
+	}
+	t.Logf("www.microsoft.com: %v after %v", ips, codes)
+	if c, err := connect(order, msAddr+":443", 2*time.Second); err != nil {
+		t.Errorf("connect to www.microsoft.com:443: %v", err)
+	} else {
+		c.Close()
+	}
+	// Only 443: port 80 of the same host stays closed.
+	if err := order.Probe("tcp", msAddr+":80", 500*time.Millisecond); err == nil {
+		t.Error("www.microsoft.com:80 connected; the policy allows 443 only")
+	}
+	// www.bing.com is refused at every step of the search list.
+	if ips, codes, err := resolve(order, dnsIP, "udp", "www.bing.com"); err == nil || len(ips) != 0 || !slices.Contains(codes, "REFUSED") {
+		t.Errorf("www.bing.com: %v, %v, %v; want REFUSED", ips, codes, err)
+	}
+	// Addresses not learned through DNS stay blocked, even by IP.
+	for _, a := range []string{strayAddr, bingAddr, msLearnAddr} {
+		if err := order.Probe("tcp", a+":443", 500*time.Millisecond); err == nil {
+			t.Errorf("%s:443 connected without a DNS answer naming it", a)
+		}
+	}
+	// A CNAME chain: alias.microsoft.com -> edge.bing.com -> an address;
+	// the chain starts at a name the policy selects, so it is learned.
+	if ips, _, err := resolve(order, dnsIP, "udp", "alias.microsoft.com."); err != nil || !slices.Contains(ips, mustAddr(msLearnAddr)) {
+		t.Errorf("alias.microsoft.com: %v %v", ips, err)
+	} else if err := order.Probe("tcp", msLearnAddr+":443", 2*time.Second); err != nil {
+		t.Errorf("connect to the CNAME target: %v", err)
+	}
+	// Cluster names the rules allow resolve; rabbitmq stays reachable.
+	if ips, _, err := resolve(order, dnsIP, "udp", "rabbitmq.pets.svc.cluster.local."); err != nil || len(ips) == 0 {
+		t.Errorf("rabbitmq.pets.svc.cluster.local: %v %v", ips, err)
+	}
+
+	// The cache lists what was learned.
+	out, err := f.n.CLI("fqdn", "cache", "list", "-o", "json")
+	if err != nil {
+		t.Fatalf("aegis fqdn cache list: %v\n%s", err, out)
+	}
+	var entries []api.FQDNEntry
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("decode %q: %v", out, err)
+	}
+	found := false
+	for _, e := range entries {
+		if e.Name == "www.microsoft.com." && e.IP == msAddr && slices.Contains(e.Selectors, "*.microsoft.com") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("www.microsoft.com -> %s not in the cache: %+v", msAddr, entries)
+	}
+	if out, err := f.n.CLI("fqdn", "cache", "list"); err != nil || !strings.Contains(out, "www.microsoft.com.") {
+		t.Errorf("table output: %v\n%s", err, out)
+	}
+
+	// DNS flows: the refused query is a DROPPED L7 flow with its name,
+	// the allowed one a FORWARDED one with its answer.
+	checkDNSFlows(t, f.n)
+
+	// aegis fqdn cache clean closes what was learned.
+	if out, err := f.n.CLI("fqdn", "cache", "clean"); err != nil || !strings.Contains(out, "removed") {
+		t.Errorf("aegis fqdn cache clean: %v\n%s", err, out)
+	}
+	if err := order.Probe("tcp", msAddr+":443", 500*time.Millisecond); err == nil {
+		t.Error("www.microsoft.com:443 still connects after the cache was cleaned")
+	}
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func checkDNSFlows(t *testing.T, n *node.Node) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	var refused, answered bool
+	for time.Now().Before(deadline) && !(refused && answered) {
+		out, err := n.CLI("observe", "-o", "json", "--last", "500", "--from-pod", "pets/order-service")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out)
+		}
+		out2, err := n.CLI("observe", "-o", "json", "--last", "500", "--to-pod", "pets/order-service")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out2)
+		}
+		for _, line := range strings.Split(out+"\n"+out2, "\n") {
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var f flow.Flow
+			if err := protojson.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("decode %q: %v", line, err)
+			}
+			d := f.GetL7().GetDns()
+			if d == nil {
+				continue
+			}
+			if f.GetVerdict() == flow.Verdict_DROPPED && strings.HasPrefix(d.GetQuery(), "www.bing.com.") && len(f.GetEgressDeniedBy()) > 0 {
+				refused = true
+			}
+			if f.GetL7().GetType() == flow.L7FlowType_RESPONSE && d.GetQuery() == "www.microsoft.com." && slices.Contains(d.GetIps(), msAddr) &&
+				len(f.GetEgressAllowedBy()) > 0 && f.GetEgressAllowedBy()[0].GetName() == "allow-order-service-traffic" {
+				answered = true
+			}
+		}
+		if !(refused && answered) {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !refused {
+		t.Error("no DROPPED DNS flow for www.bing.com naming the policy")
+	}
+	if !answered {
+		t.Error("no DNS RESPONSE flow for www.microsoft.com with its address naming allow-order-service-traffic")
+	}
+}
+
+// TestFQDNCombined: the workshop's combined policy on store-front: DNS over
+// UDP and TCP through the proxy, api.github.com in toFQDNs but refused at
+// DNS, HTTP and HTTPS to *.microsoft.com.
+func TestFQDNCombined(t *testing.T) {
+	f := newFQDNNode(t)
+	sf := f.pods["store-front"].NS
+	dnsIP := f.world.kubeDNS
+	dirSource{f.n}.apply(t, workshopObjects(t, "aks-combined-fqdn-l7.yaml"))
+
+	if _, codes, err := resolve(sf, dnsIP, "udp", "api.github.com"); err == nil || !slices.Contains(codes, "REFUSED") {
+		t.Errorf("api.github.com resolved (%v) although no DNS rule allows it", codes)
+	}
+	if err := sf.Probe("tcp", githubAddr+":443", 500*time.Millisecond); err == nil {
+		t.Error("api.github.com's address connected without a DNS answer")
+	}
+	if ips, _, err := resolve(sf, dnsIP, "udp", "rabbitmq.pets.svc.cluster.local."); err != nil || len(ips) == 0 {
+		t.Errorf("rabbitmq.pets.svc.cluster.local: %v %v", ips, err)
+	}
+	// DNS over TCP goes through the proxy too (protocol ANY).
+	ips, codes, err := resolve(sf, dnsIP, "tcp", "learn.microsoft.com")
+	if err != nil || !slices.Contains(ips, mustAddr(msLearnAddr)) {
+		t.Fatalf("learn.microsoft.com over TCP: %v %v %v", ips, codes, err)
+	}
+	for _, port := range []string{"80", "443"} {
+		if err := sf.Probe("tcp", msLearnAddr+":"+port, 2*time.Second); err != nil {
+			t.Errorf("learn.microsoft.com:%s: %v", port, err)
+		}
+	}
+	if _, codes, err := resolve(sf, dnsIP, "tcp", "www.bing.com"); err == nil || !slices.Contains(codes, "REFUSED") {
+		t.Errorf("www.bing.com over TCP: %v", codes)
+	}
+}
+
+// TestFQDNFirstConnection: the first connection after each answer
+// succeeds: lookup-then-connect with a fresh address every round.
+func TestFQDNFirstConnection(t *testing.T) {
+	f := newFQDNNode(t)
+	order := f.pods["order-service"].NS
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+	const rounds = 1000
+	failed := 0
+	start := time.Now()
+	for i := range rounds {
+		if i > 0 && i%freshCount == 0 {
+			// Forget the last lap, so every address is new to the datapath.
+			if out, err := f.n.CLI("fqdn", "cache", "clean"); err != nil {
+				t.Fatalf("clean: %v\n%s", err, out)
+			}
+		}
+		name := fmt.Sprintf("r%d.microsoft.com.", i%freshCount)
+		r, err := dnsExchange(order, f.world.kubeDNS, "udp", name, dns.TypeA)
+		if err != nil || len(r.Answer) == 0 {
+			t.Fatalf("round %d: %s: %v %v", i, name, r, err)
+		}
+		c, err := connect(order, net.JoinHostPort(freshAddr(i), "443"), time.Second)
+		if err != nil {
+			failed++
+			t.Logf("round %d: connect to %s: %v", i, freshAddr(i), err)
+			continue
+		}
+		c.Close()
+	}
+	t.Logf("%d lookup-then-connect rounds in %v, %d failed", rounds, time.Since(start).Round(time.Millisecond), failed)
+	if failed != 0 {
+		t.Errorf("%d of %d first connections after an answer failed", failed, rounds)
+	}
+}
+
+// TestFQDNExpiry: an address closes after its TTL when no connection uses
+// it, and a live connection keeps it open through the grace.
+func TestFQDNExpiry(t *testing.T) {
+	f := newFQDNNode(t)
+	order := f.pods["order-service"].NS
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+	if _, err := dnsExchange(order, f.world.kubeDNS, "udp", "short.microsoft.com.", dns.TypeA); err != nil {
+		t.Fatal(err)
+	}
+	held, err := connect(order, ttlAddr+":443", time.Second)
+	if err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	defer held.Close()
+	// TTL 2s; the sweep runs every second. The held connection keeps the
+	// address while it lives.
+	time.Sleep(4 * time.Second)
+	if err := echo(held, "still here"); err != nil {
+		t.Errorf("the live connection broke after the TTL: %v", err)
+	}
+	held.Close()
+	// Once the connection is gone (its conntrack entry closing), the
+	// address expires: new connections are dropped again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := order.Probe("tcp", ttlAddr+":443", 300*time.Millisecond)
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the address stayed open 10s after its TTL and its last connection")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+func echo(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(buf[:n]), msg) {
+		return fmt.Errorf("echo %q", buf[:n])
+	}
+	return nil
+}
