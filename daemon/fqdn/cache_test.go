@@ -13,7 +13,7 @@ import (
 type fakeMap map[bpf.FQDNKey]uint32
 
 func (f fakeMap) PutFQDN(k bpf.FQDNKey, c uint32) error { f[k] = c; return nil }
-func (f fakeMap) DeleteFQDN(k bpf.FQDNKey) error       { delete(f, k); return nil }
+func (f fakeMap) DeleteFQDN(k bpf.FQDNKey) error        { delete(f, k); return nil }
 
 func TestCacheLearnExpireGrace(t *testing.T) {
 	m := fakeMap{}
