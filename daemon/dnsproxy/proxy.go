@@ -62,6 +62,9 @@ type Proxy struct {
 	udp     *net.UDPConn
 	tcp     net.Listener
 	stats   Stats
+	// upstream forwards a query to the server the pod asked (exchange;
+	// tests replace it).
+	upstream func(query []byte, server netip.AddrPort, proto uint8) ([]byte, error)
 }
 
 // Stats count what the proxy did.
@@ -69,9 +72,8 @@ type Stats struct {
 	Queries, Allowed, Refused, Malformed, UpstreamErrors, Learned atomic.Uint64
 }
 
-// New opens the proxy's sockets. emit receives every query and answer (nil:
-// none), to become L7 DNS flows.
-func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent), log *slog.Logger) (*Proxy, error) {
+// newProxy is a proxy without sockets: handle works, Run does not.
+func newProxy(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent), log *slog.Logger) *Proxy {
 	if cfg.RefuseCode == 0 {
 		cfg.RefuseCode = dns.RcodeRefused
 	}
@@ -85,6 +87,14 @@ func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent)
 		emit = func(observe.DNSEvent) {}
 	}
 	p := &Proxy{cfg: cfg, dp: dp, cache: cache, emit: emit, log: log}
+	p.upstream = p.exchange
+	return p
+}
+
+// New opens the proxy's sockets. emit receives every query and answer (nil:
+// none), to become L7 DNS flows.
+func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent), log *slog.Logger) (*Proxy, error) {
+	p := newProxy(cfg, dp, cache, emit, log)
 	var err error
 	if p.udp, err = listenUDP(cfg.Port); err != nil {
 		return nil, err
@@ -314,7 +324,7 @@ func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byt
 	ev.verdict, ev.cookie = flow.Verdict_FORWARDED, cookie
 	p.emitDNS(ev)
 
-	raw, err := p.exchange(query, dst, proto)
+	raw, err := p.upstream(query, dst, proto)
 	var resp dns.Msg
 	if err == nil {
 		err = resp.Unpack(raw)
@@ -424,6 +434,9 @@ func (p *Proxy) learn(res *policy.Result, local uint32, src netip.Addr, resp *dn
 // the IPv4 addresses at the end of the chain, and the smallest TTL along
 // it.
 func chain(resp *dns.Msg) (names []string, ips []netip.Addr, ttl time.Duration) {
+	if len(resp.Question) == 0 {
+		return nil, nil, 0
+	}
 	q := dns.CanonicalName(resp.Question[0].Name)
 	names = []string{q}
 	inChain := map[string]bool{q: true}
