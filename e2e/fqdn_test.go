@@ -121,6 +121,17 @@ func TestFQDNWorkshop(t *testing.T) {
 	// DNS flows: the refused query is a DROPPED L7 flow with its name,
 	// the allowed one a FORWARDED one with its answer.
 	checkDNSFlows(t, f.n)
+	metrics := scrapeMetrics(t, f.n)
+	for _, want := range []string{
+		`hubble_dns_queries_total{destination_namespace="kube-system",destination_pod="kube-dns",ips_returned="0",qtypes="A",rcode="Refused",source_namespace="pets",source_pod="order-service"}`,
+		`hubble_dns_responses_total{destination_namespace="pets",destination_pod="order-service",ips_returned="1",qtypes="A",rcode="No Error",source_namespace="kube-system",source_pod="kube-dns"}`,
+		`hubble_dns_response_types_total{`,
+		`hubble_flows_processed_total{destination_namespace="kube-system",destination_pod="kube-dns",source_namespace="pets",source_pod="order-service",subtype="dns",type="L7",verdict="DROPPED"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 
 	// aegis fqdn cache clean closes what was learned.
 	if out, err := f.n.CLI("fqdn", "cache", "clean"); err != nil || !strings.Contains(out, "removed") {

@@ -606,9 +606,28 @@ func checkFlows(t *testing.T, c *cluster) {
 // compares the drop counters with the flows.
 func checkMetrics(t *testing.T, c *cluster) {
 	t.Helper()
+	body := scrapeMetrics(t, c.n)
+	for _, want := range []string{
+		`hubble_drop_total{destination_namespace="prod",destination_pod="web",protocol="TCP",reason="POLICY_DENIED",source_namespace="prod",source_pod="other",traffic_direction="ingress"}`,
+		`hubble_flows_processed_total{`,
+		`hubble_tcp_flags_total{`,
+		`hubble_policy_verdicts_total{`,
+		`aegis_drop_count_total{direction="ingress",reason="POLICY_DENIED"}`,
+		`aegis_forward_count_total{direction="egress"}`,
+		`hubble_lost_events_total{source="perf_event_ring_buffer"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// scrapeMetrics reads the daemon's /metrics.
+func scrapeMetrics(t *testing.T, n *node.Node) string {
+	t.Helper()
 	// The endpoint is on the node namespace's loopback: dial there (an
 	// http.Client would dial from another thread, outside it).
-	conn, err := c.n.NS.Dial("tcp", c.n.MetricsAddr, 2*time.Second)
+	conn, err := n.NS.Dial("tcp", n.MetricsAddr, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -625,20 +644,7 @@ func checkMetrics(t *testing.T, c *cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := string(b)
-	for _, want := range []string{
-		`hubble_drop_total{destination_namespace="prod",destination_pod="web",protocol="TCP",reason="POLICY_DENIED",source_namespace="prod",source_pod="other",traffic_direction="ingress"}`,
-		`hubble_flows_processed_total{`,
-		`hubble_tcp_flags_total{`,
-		`hubble_policy_verdicts_total{`,
-		`aegis_drop_count_total{direction="ingress",reason="POLICY_DENIED"}`,
-		`aegis_forward_count_total{direction="egress"}`,
-		`hubble_lost_events_total{source="perf_event_ring_buffer"} 0`,
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
+	return string(b)
 }
 
 // checkHubble asks the Hubble Observer API what `hubble observe

@@ -35,6 +35,9 @@ type Metrics struct {
 	drops    *prometheus.CounterVec
 	tcpFlags *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
+	dnsQ     *prometheus.CounterVec
+	dnsR     *prometheus.CounterVec
+	dnsTypes *prometheus.CounterVec
 	observer *observe.Observer
 	maps     *bpf.Maps
 }
@@ -50,7 +53,12 @@ func New(maps *bpf.Maps, obs *observe.Observer) *Metrics {
 		append([]string{"flag", "family"}, contextLabels...))
 	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_policy_verdicts_total", Help: "Number of policy verdicts"},
 		append([]string{"direction", "match", "action"}, contextLabels...))
-	m.reg.MustRegister(m.flows, m.drops, m.tcpFlags, m.verdicts, &nodeCollector{m: m})
+	dnsLabels := append([]string{"rcode", "qtypes", "ips_returned"}, contextLabels...)
+	m.dnsQ = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_dns_queries_total", Help: "Number of DNS queries observed"}, dnsLabels)
+	m.dnsR = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_dns_responses_total", Help: "Number of DNS responses observed"}, dnsLabels)
+	m.dnsTypes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_dns_response_types_total", Help: "Number of DNS response types"},
+		append([]string{"type", "qtypes"}, contextLabels...))
+	m.reg.MustRegister(m.flows, m.drops, m.tcpFlags, m.verdicts, m.dnsQ, m.dnsR, m.dnsTypes, &nodeCollector{m: m})
 	return m
 }
 
@@ -61,6 +69,10 @@ func ctxValues(f *flow.Flow) []string {
 // Count accounts one flow.
 func (m *Metrics) Count(f *flow.Flow) {
 	c := ctxValues(f)
+	if d := f.GetL7().GetDns(); d != nil {
+		m.countDNS(f, d, c)
+		return
+	}
 	m.flows.WithLabelValues(append([]string{"L3_L4", "to-endpoint", f.GetVerdict().String()}, c...)...).Inc()
 	if f.GetVerdict() == flow.Verdict_DROPPED {
 		m.drops.WithLabelValues(append([]string{f.GetDropReasonDesc().String(), protocol(f), strings.ToLower(f.GetTrafficDirection().String())}, c...)...).Inc()
@@ -168,4 +180,40 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.KernelLost), "perf_event_ring_buffer")
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.DecodeErrors), "decode")
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(st.SubscriberLag), "observer_events_queue")
+}
+
+// countDNS accounts an L7 DNS flow of the DNS proxy, labelled as Hubble's
+// dns handler labels it (a refused query counts as a query with rcode
+// Refused, as the pod sees it).
+func (m *Metrics) countDNS(f *flow.Flow, d *flow.DNS, c []string) {
+	m.flows.WithLabelValues(append([]string{"L7", "dns", f.GetVerdict().String()}, c...)...).Inc()
+	qtypes := strings.Join(d.GetQtypes(), ",")
+	if f.GetL7().GetType() == flow.L7FlowType_REQUEST {
+		rcode := ""
+		if f.GetVerdict() == flow.Verdict_DROPPED {
+			rcode = "Refused"
+		}
+		m.dnsQ.WithLabelValues(append([]string{rcode, qtypes, "0"}, c...)...).Inc()
+		return
+	}
+	m.dnsR.WithLabelValues(append([]string{dnsRcode(d.GetRcode()), qtypes, fmt.Sprint(len(d.GetIps()))}, c...)...).Inc()
+	for _, t := range d.GetRrtypes() {
+		m.dnsTypes.WithLabelValues(append([]string{t, qtypes}, c...)...).Inc()
+	}
+}
+
+func dnsRcode(rc uint32) string {
+	switch rc {
+	case 0:
+		return "No Error"
+	case 1:
+		return "Format Error"
+	case 2:
+		return "Server Failure"
+	case 3:
+		return "Non-Existent Domain"
+	case 5:
+		return "Query Refused"
+	}
+	return fmt.Sprint(rc)
 }
