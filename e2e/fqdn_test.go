@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -309,4 +311,108 @@ func echo(c net.Conn, msg string) error {
 		return fmt.Errorf("echo %q", buf[:n])
 	}
 	return nil
+}
+
+// TestFQDNRestart: aegisd killed and started again during a steady stream
+// of queries: no query fails, names first resolved while aegisd was down
+// are reachable right after, and what was learned survives. The proxy
+// itself killed: aegisd starts it again with its rules and names.
+func TestFQDNRestart(t *testing.T) {
+	f := newFQDNNode(t)
+	order := f.pods["order-service"].NS
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
+	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+	if _, err := dnsExchange(order, f.world.kubeDNS, "udp", "www.microsoft.com.", dns.TypeA); err != nil {
+		t.Fatal(err)
+	}
+	proxyPID := f.n.DNSProxyPID()
+	if proxyPID == 0 {
+		t.Fatal("no DNS proxy pid")
+	}
+
+	stop := make(chan struct{})
+	type result struct {
+		queries, failed int
+		during          []int // fresh names resolved while aegisd was down
+	}
+	var down atomic.Bool
+	done := make(chan result)
+	go func() {
+		var r result
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			r.queries++
+			resp, err := dnsExchange(order, f.world.kubeDNS, "udp", fmt.Sprintf("r%d.microsoft.com.", i%freshCount), dns.TypeA)
+			if err != nil || resp.Rcode != dns.RcodeSuccess || len(resp.Answer) == 0 {
+				r.failed++
+				t.Logf("query %d failed: %v %v", i, resp, err)
+			} else if down.Load() {
+				r.during = append(r.during, i%freshCount)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	down.Store(true)
+	f.n.StopDaemon(syscall.SIGKILL)
+	time.Sleep(time.Second)
+	down.Store(false)
+	f.n.StartDaemon()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	r := <-done
+	t.Logf("%d queries across the restart, %d failed, %d answered while aegisd was down", r.queries, r.failed, len(r.during))
+	if r.failed != 0 {
+		t.Errorf("%d of %d queries failed across the restart", r.failed, r.queries)
+	}
+	if len(r.during) == 0 {
+		t.Fatal("no query was answered while aegisd was down")
+	}
+	for _, i := range r.during[:min(len(r.during), 20)] {
+		if err := order.Probe("tcp", net.JoinHostPort(freshAddr(i), "443"), time.Second); err != nil {
+			t.Errorf("r%d.microsoft.com, resolved while aegisd was down, is not reachable: %v", i, err)
+		}
+	}
+	if pid := f.n.DNSProxyPID(); pid != proxyPID {
+		t.Errorf("the DNS proxy was replaced across aegisd's restart (pid %d, then %d)", proxyPID, pid)
+	}
+	out, err := f.n.CLI("fqdn", "cache", "list")
+	if err != nil || !strings.Contains(out, "www.microsoft.com.") {
+		t.Errorf("learned names lost across the restart: %v\n%s", err, out)
+	}
+
+	// The proxy itself dies: aegisd starts it again, with the names it
+	// had learned.
+	if err := syscall.Kill(proxyPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for f.n.DNSProxyPID() == proxyPID || f.n.DNSProxyPID() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the DNS proxy was not started again")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		resp, err := dnsExchange(order, f.world.kubeDNS, "udp", "learn.microsoft.com.", dns.TypeA)
+		if err == nil && resp.Rcode == dns.RcodeSuccess {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer from the new proxy: %v %v", resp, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := f.n.CLI("fqdn", "cache", "list"); err != nil || !strings.Contains(out, "www.microsoft.com.") || !strings.Contains(out, "learn.microsoft.com.") {
+		t.Errorf("cache after the proxy's restart: %v\n%s", err, out)
+	}
+	if err := order.Probe("tcp", msAddr+":443", time.Second); err != nil {
+		t.Errorf("www.microsoft.com, learned before the proxy died: %v", err)
+	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/endpoint"
 	"github.com/aegis-cni/aegis/daemon/flowlog"
-	"github.com/aegis-cni/aegis/daemon/fqdn"
 	"github.com/aegis-cni/aegis/daemon/identity"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -65,7 +64,6 @@ type Agent struct {
 	flowLog     atomic.Pointer[flowlog.Exporter]
 	flowLogPath string
 	dnsProxy    atomic.Pointer[DNSProxy]
-	fqdnCache   atomic.Pointer[fqdn.Cache]
 
 	// epMu serialises changes of an endpoint's registry record and map
 	// entry, so a regeneration never resurrects an endpoint a concurrent

@@ -150,7 +150,11 @@ func (a *Agent) regenerate() (err error) {
 		res.AddServices(serviceBackends(pods.services, byKey, ipc))
 		// The proxy learns the DNS rules before any redirect to it exists.
 		if p := a.dnsProxy.Load(); p != nil {
-			(*p).SetPolicy(res)
+			if err := (*p).SetPolicy(res); err != nil {
+				// The proxy refuses what it has no rules for; the rest
+				// of the policy must not wait for it.
+				a.log.Error("dns proxy: push rules", "err", err)
+			}
 		}
 		entries, enforce = flatten(res)
 	}

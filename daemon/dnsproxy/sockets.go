@@ -41,9 +41,11 @@ func transparent(reuse, origDst bool) func(network, address string, c syscall.Ra
 	}
 }
 
-// listenUDP opens the proxy's UDP socket on every address of the node.
+// listenUDP opens the proxy's UDP socket on every address of the node,
+// with SO_REUSEPORT so that a new version of the proxy can bind the port
+// before the old one leaves.
 func listenUDP(port uint16) (*net.UDPConn, error) {
-	lc := net.ListenConfig{Control: transparent(false, true)}
+	lc := net.ListenConfig{Control: transparent(true, true)}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", port))
 	if err != nil {
 		return nil, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
@@ -54,7 +56,7 @@ func listenUDP(port uint16) (*net.UDPConn, error) {
 // listenTCP opens the proxy's TCP listener; accepted connections carry the
 // original destination as their local address.
 func listenTCP(port uint16) (net.Listener, error) {
-	lc := net.ListenConfig{Control: transparent(false, false)}
+	lc := net.ListenConfig{Control: transparent(true, false)}
 	l, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 	if err != nil {
 		return nil, fmt.Errorf("dns proxy: listen tcp :%d: %w", port, err)

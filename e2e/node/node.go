@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -160,6 +161,7 @@ func New(t testing.TB, opts Options) *Node {
 	n.azure = opts.azure
 	t.Cleanup(func() {
 		n.StopDaemon(syscall.SIGTERM)
+		n.StopDNSProxy()
 		if t.Failed() || os.Getenv("AEGIS_E2E_LOGS") != "" {
 			n.dumpLogs()
 		}
@@ -167,8 +169,39 @@ func New(t testing.TB, opts Options) *Node {
 	return n
 }
 
+// DNSProxyPID is the pid of the node's DNS proxy process (aegisd starts
+// it and leaves it running across its own restarts), or 0.
+func (n *Node) DNSProxyPID() int {
+	b, err := os.ReadFile(filepath.Join(n.StateDir, "dnsproxy.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// StopDNSProxy ends the node's DNS proxy process, by the pid it recorded
+// in this node's own state directory, and waits until it is gone.
+func (n *Node) StopDNSProxy() {
+	pid := n.DNSProxyPID()
+	if pid <= 0 {
+		return
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
 func (n *Node) dumpLogs() {
-	for _, f := range []string{n.DaemonLog, n.CNILog} {
+	for _, f := range []string{n.DaemonLog, n.CNILog, filepath.Join(n.StateDir, "dnsproxy.log")} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue

@@ -2,9 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -16,10 +25,152 @@ import (
 	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
-// startDNSProxy opens the DNS proxy, restores what it learned before, and
-// keeps the learned addresses expiring and persisted.
-func startDNSProxy(ctx context.Context, o *options, a *agent.Agent, obs *observe.Observer, log *slog.Logger, errc chan<- error) error {
-	maps := a.Maps()
+// The DNS proxy is a second process of this binary (`aegisd dns-proxy`),
+// started by aegisd and left running across aegisd's restarts: pods keep
+// resolving, and names keep being learned, while the rest of aegisd is
+// down. A new version replaces the old one by binding the same port
+// (SO_REUSEPORT) before the old one is told to go.
+
+func proxyFiles(stateDir string) (pidFile, tablesFile, cacheFile, logFile string) {
+	return filepath.Join(stateDir, "dnsproxy.pid"), filepath.Join(stateDir, "dnsproxy-rules.json"),
+		filepath.Join(stateDir, "fqdn-cache.json"), filepath.Join(stateDir, "dnsproxy.log")
+}
+
+// startDNSProxy makes sure a proxy of this version runs and attaches it to
+// the agent; its events become flows.
+func startDNSProxy(ctx context.Context, o *options, a *agent.Agent, obs *observe.Observer, log *slog.Logger) error {
+	c := dnsproxy.NewClient(o.dnsProxySocket)
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	st, err := c.Status(sctx)
+	cancel()
+	switch {
+	case err == nil && st.Version == agent.Version && st.Port == uint16(o.dnsProxyPort):
+		log.Info("dns proxy already running", "pid", st.PID, "port", st.Port)
+	default:
+		old := 0
+		if err == nil {
+			old = st.PID
+			log.Info("replacing dns proxy", "pid", old, "version", st.Version, "port", st.Port)
+		}
+		if err := spawnDNSProxy(ctx, o, c, log); err != nil {
+			return err
+		}
+		if old != 0 && old != os.Getpid() {
+			// The new proxy shares the port; the old one may go.
+			_ = syscall.Kill(old, syscall.SIGTERM)
+		}
+	}
+	if err := a.SetDNSProxy(c); err != nil {
+		return err
+	}
+	emit := func(ev observe.DNSEvent) { obs.Add(observe.DNSFlow(a, ev)) }
+	go c.FollowEvents(ctx, emit, log)
+	go superviseDNSProxy(ctx, o, a, c, log)
+	return nil
+}
+
+// superviseDNSProxy starts the proxy again if it dies while aegisd runs;
+// the new one reloads the rules and the learned names from disk, and gets
+// the current rules pushed.
+func superviseDNSProxy(ctx context.Context, o *options, a *agent.Agent, c *dnsproxy.Client, log *slog.Logger) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.Status(sctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		log.Warn("dns proxy not answering; starting it again", "err", err)
+		if err := spawnDNSProxy(ctx, o, c, log); err != nil {
+			log.Error("dns proxy", "err", err)
+			continue
+		}
+		if err := a.SetDNSProxy(c); err != nil {
+			log.Error("dns proxy: push rules", "err", err)
+		}
+	}
+}
+
+func spawnDNSProxy(ctx context.Context, o *options, c *dnsproxy.Client, log *slog.Logger) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	_, _, _, logFile := proxyFiles(o.stateDir)
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return err
+	}
+	lf, err := os.OpenFile(logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	cmd := exec.Command(self, "dns-proxy",
+		"--bpf-root", o.bpfRoot, "--state-dir", o.stateDir, "--socket", o.dnsProxySocket,
+		"--port", strconv.FormatUint(uint64(o.dnsProxyPort), 10), "--dns-refuse", o.dnsRefuse,
+		"--dns-upstream-timeout", o.dnsTimeout.String(), "--fqdn-min-ttl", o.fqdnMinTTL.String(),
+		"--fqdn-max-ips-per-name", strconv.Itoa(o.fqdnMaxIPs), "--log-level", o.logLevel.String())
+	cmd.Stdout, cmd.Stderr = lf, lf
+	// Its own session: signals to aegisd's group do not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start dns proxy: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		st, err := c.Status(sctx)
+		cancel()
+		if err == nil && st.PID == cmd.Process.Pid {
+			log.Info("dns proxy started", "pid", st.PID, "port", st.Port, "log", logFile)
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("dns proxy (pid %d) not ready after 10s; see %s", cmd.Process.Pid, logFile)
+}
+
+// runDNSProxy is `aegisd dns-proxy`: the proxy process.
+func runDNSProxy(argv []string) error {
+	fs := flag.NewFlagSet("aegisd dns-proxy", flag.ContinueOnError)
+	bpfRoot := fs.String("bpf-root", bpf.DefaultRoot, "bpffs directory of aegisd's pinned maps")
+	stateDir := fs.String("state-dir", "/var/lib/aegis", "aegisd's state directory (rules, learned names, pid file)")
+	socket := fs.String("socket", "/var/run/aegis/dnsproxy.sock", "root-only control socket aegisd drives the proxy through")
+	port := fs.Uint("port", 10053, "port of the proxy (UDP and TCP) on the node")
+	refuse := fs.String("dns-refuse", "refused", "answer to queries no DNS rule allows: refused or nxdomain")
+	timeout := fs.Duration("dns-upstream-timeout", 2*time.Second, "how long to wait for a server before answering SERVFAIL")
+	minTTL := fs.Duration("fqdn-min-ttl", 0, "shortest time a learned address stays allowed")
+	maxIPs := fs.Int("fqdn-max-ips-per-name", 50, "addresses kept per name and identity")
+	var level slog.Level
+	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: aegisd dns-proxy [flags]\n\nThe transparent DNS proxy, a process of its own that aegisd starts and drives;\nit outlives aegisd's restarts. Not meant to be run by hand.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(argv); err != nil {
+		return err
+	}
+	if *port == 0 || *port > 65535 {
+		return fmt.Errorf("--port %d: not a port", *port)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "dns-proxy")
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	pidFile, tablesFile, cacheFile, _ := proxyFiles(*stateDir)
+
+	maps, err := bpf.OpenMaps(bpf.Paths{Root: *bpfRoot})
+	if err != nil {
+		return err
+	}
+	defer maps.Close()
 	if err := dnsproxy.EnsureRouting(); err != nil {
 		return err
 	}
@@ -27,33 +178,48 @@ func startDNSProxy(ctx context.Context, o *options, a *agent.Agent, obs *observe
 	if err != nil {
 		return err
 	}
-	cache, err := fqdn.NewCache(maps, fqdn.Options{MinTTL: o.fqdnMinTTL, MaxIPsPerName: o.fqdnMaxIPs,
-		Path: filepath.Join(o.stateDir, "fqdn-cache.json")}, existing)
+	cache, err := fqdn.NewCache(maps, fqdn.Options{MinTTL: *minTTL, MaxIPsPerName: *maxIPs, Path: cacheFile}, existing)
 	if err != nil {
 		return err
 	}
-	refuse := dns.RcodeRefused
-	if o.dnsRefuse == "nxdomain" {
-		refuse = dns.RcodeNameError
+	rcode := dns.RcodeRefused
+	if *refuse == "nxdomain" {
+		rcode = dns.RcodeNameError
 	}
-	emit := func(ev observe.DNSEvent) { obs.Add(observe.DNSFlow(a, ev)) }
-	p, err := dnsproxy.New(dnsproxy.Config{Port: uint16(o.dnsProxyPort), RefuseCode: refuse, UpstreamTimeout: o.dnsTimeout},
-		maps, cache, emit, log)
+	events := &dnsproxy.Events{}
+	p, err := dnsproxy.New(dnsproxy.Config{Port: uint16(*port), RefuseCode: rcode, UpstreamTimeout: *timeout}, maps, cache, events.Emit, log)
 	if err != nil {
 		return err
 	}
-	a.SetDNSProxy(p, cache)
-	if err := maps.SetProxyPorts(uint16(o.dnsProxyPort)); err != nil {
+	// The rules of the last run hold until aegisd pushes new ones.
+	if res, err := dnsproxy.LoadTables(tablesFile); err != nil {
+		log.Warn("previous rules unreadable; refusing until aegisd pushes rules", "err", err)
+	} else if res != nil {
+		p.SetPolicy(res)
+	}
+	if err := maps.SetProxyPorts(uint16(*port)); err != nil {
 		return err
 	}
-	go func() {
-		if err := p.Run(ctx); err != nil {
-			errc <- err
-		}
-	}()
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- dnsproxy.ServeControl(ctx, *socket, tablesFile, agent.Version, p, cache, events, log) }()
+	go func() { errc <- p.Run(ctx) }()
 	go expireFQDN(ctx, maps, cache, log)
-	log.Info("dns proxy listening", "port", o.dnsProxyPort)
-	return nil
+	log.Info("dns proxy running", "port", *port, "socket", *socket, "pid", os.Getpid())
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	// Leave the pid file to a successor that already replaced it.
+	if b, rerr := os.ReadFile(pidFile); rerr == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		_ = os.Remove(pidFile)
+	}
+	if cerr := cache.Save(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	return err
 }
 
 // expireFQDN removes learned addresses past their TTL, keeping those live
@@ -64,9 +230,6 @@ func expireFQDN(ctx context.Context, maps *bpf.Maps, cache *fqdn.Cache, log *slo
 	for {
 		select {
 		case <-ctx.Done():
-			if err := cache.Save(); err != nil {
-				log.Warn("fqdn cache", "err", err)
-			}
 			return
 		case now := <-t.C:
 			if cache.Expired(now) {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ type options struct {
 	flowLogBackups  int
 	metricsAddr     string
 	dnsProxyPort    uint
+	dnsProxySocket  string
 	dnsRefuse       string
 	dnsTimeout      time.Duration
 	fqdnMinTTL      time.Duration
@@ -82,6 +84,7 @@ func parseFlags(argv []string) (*options, error) {
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.UintVar(&o.dnsProxyPort, "dns-proxy-port", 10053, "port of the transparent DNS proxy (UDP and TCP) on the node; 0 disables it, and pods with DNS rules lose DNS")
+	fs.StringVar(&o.dnsProxySocket, "dns-proxy-socket", "", "control socket of the DNS proxy process (default: dnsproxy.sock beside --socket)")
 	fs.StringVar(&o.dnsRefuse, "dns-refuse", "refused", "answer to queries no DNS rule allows: refused or nxdomain")
 	fs.DurationVar(&o.dnsTimeout, "dns-upstream-timeout", 2*time.Second, "how long the DNS proxy waits for a server before answering SERVFAIL")
 	fs.DurationVar(&o.fqdnMinTTL, "fqdn-min-ttl", 0, "shortest time an address learned for toFQDNs stays allowed, whatever the answer's TTL")
@@ -98,6 +101,9 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
+	}
+	if o.dnsProxySocket == "" {
+		o.dnsProxySocket = filepath.Join(filepath.Dir(o.socket), "dnsproxy.sock")
 	}
 	if o.dnsProxyPort > 65535 {
 		return nil, fmt.Errorf("--dns-proxy-port %d: not a port", o.dnsProxyPort)
@@ -126,6 +132,13 @@ func parseFlags(argv []string) (*options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "dns-proxy" {
+		if err := runDNSProxy(os.Args[2:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "aegisd dns-proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -163,7 +176,7 @@ func run(ctx context.Context, o *options) error {
 	// The DNS proxy runs before the source delivers policy: the datapath
 	// redirects to it only under rules it already holds.
 	if o.dnsProxyPort != 0 {
-		if err := startDNSProxy(ctx, o, a, obs, log, errc); err != nil {
+		if err := startDNSProxy(ctx, o, a, obs, log); err != nil {
 			return err
 		}
 	} else if err := a.Maps().SetProxyPorts(0); err != nil {

@@ -1,0 +1,287 @@
+package dnsproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/fqdn"
+	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
+	"github.com/aegis-cni/aegis/daemon/state"
+)
+
+// The DNS proxy runs as its own process (`aegisd dns-proxy`) so that it
+// keeps answering, and learning, while the rest of aegisd restarts or
+// upgrades. aegisd drives it over a root-only control socket: it pushes
+// the DNS and toFQDNs rules of every compiled policy, reads the proxy's
+// DNS events as a stream, and lists or cleans the FQDN cache through it.
+// The proxy persists the last rules it got, so a restarted proxy enforces
+// them before aegisd speaks to it.
+
+// Tables are the rules aegisd hands the proxy.
+type Tables struct {
+	DNS  map[uint32][]policy.DNSRule  `json:"dns"`
+	FQDN map[uint32][]policy.FQDNRule `json:"fqdn"`
+}
+
+// Status is what the control socket says about the proxy.
+type Status struct {
+	Version string `json:"version"`
+	PID     int    `json:"pid"`
+	Port    uint16 `json:"port"`
+	// Counters since the proxy started.
+	Queries, Allowed, Refused, Malformed, UpstreamErrors, Learned, LostEvents uint64
+}
+
+// Events fans the proxy's events out to the control clients that follow
+// them. A follower too slow, or none at all, loses events; they are
+// counted.
+type Events struct {
+	mu   sync.Mutex
+	subs map[chan observe.DNSEvent]struct{}
+	lost atomic.Uint64
+}
+
+// Emit hands one event to every follower.
+func (e *Events) Emit(ev observe.DNSEvent) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.subs) == 0 {
+		e.lost.Add(1)
+		return
+	}
+	for ch := range e.subs {
+		select {
+		case ch <- ev:
+		default:
+			e.lost.Add(1)
+		}
+	}
+}
+
+func (e *Events) subscribe() (chan observe.DNSEvent, func()) {
+	ch := make(chan observe.DNSEvent, 4096)
+	e.mu.Lock()
+	if e.subs == nil {
+		e.subs = map[chan observe.DNSEvent]struct{}{}
+	}
+	e.subs[ch] = struct{}{}
+	e.mu.Unlock()
+	return ch, func() {
+		e.mu.Lock()
+		delete(e.subs, ch)
+		e.mu.Unlock()
+	}
+}
+
+// LoadTables reads the rules a previous run persisted.
+func LoadTables(path string) (*policy.Result, error) {
+	var t Tables
+	found, err := state.ReadJSON(path, &t)
+	if err != nil || !found {
+		return nil, err
+	}
+	return &policy.Result{DNS: t.DNS, FQDN: t.FQDN}, nil
+}
+
+// ServeControl serves the control API on socket until ctx ends.
+// tablesPath persists the rules pushed to it.
+func ServeControl(ctx context.Context, socket, tablesPath, version string, p *Proxy, cache *fqdn.Cache, events *Events, log *slog.Logger) error {
+	ln, err := api.ListenRootOnly(socket)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, v any, err error) {
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			w.WriteHeader(http.StatusInternalServerError)
+			v = map[string]string{"error": err.Error()}
+		}
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		s := p.Stats()
+		reply(w, Status{Version: version, PID: os.Getpid(), Port: p.cfg.Port,
+			Queries: s.Queries.Load(), Allowed: s.Allowed.Load(), Refused: s.Refused.Load(), Malformed: s.Malformed.Load(),
+			UpstreamErrors: s.UpstreamErrors.Load(), Learned: s.Learned.Load(), LostEvents: events.lost.Load()}, nil)
+	})
+	mux.HandleFunc("PUT /v1/tables", func(w http.ResponseWriter, r *http.Request) {
+		var t Tables
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 256<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&t); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			reply(w, map[string]string{"error": "decode tables: " + err.Error()}, nil)
+			return
+		}
+		// Persist first: a proxy restarted right after enforces them.
+		if err := state.WriteJSON(tablesPath, t); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		p.SetPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN})
+		reply(w, struct{}{}, nil)
+	})
+	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, cache.List(), nil)
+	})
+	mux.HandleFunc("DELETE /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
+		id, _ := strconv.ParseUint(r.URL.Query().Get("identity"), 10, 32)
+		n, err := cache.Clean(uint32(id))
+		reply(w, api.FQDNClean{Removed: n}, err)
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		ch, cancel := events.subscribe()
+		defer cancel()
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		fl, _ := w.(http.Flusher)
+		enc := json.NewEncoder(w)
+		if fl != nil {
+			fl.Flush()
+		}
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case ev := <-ch:
+				if err := enc.Encode(ev); err != nil {
+					return
+				}
+				if fl != nil && len(ch) == 0 {
+					fl.Flush()
+				}
+			}
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("dns proxy control: %w", err)
+	}
+	return nil
+}
+
+// Client drives a proxy process from aegisd.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient talks to the control socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := "http://dnsproxy" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("dns proxy %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e map[string]string
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return fmt.Errorf("dns proxy %s %s: %s", method, path, e["error"])
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// Status asks the proxy how it is.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.do(ctx, http.MethodGet, "/v1/status", nil, nil, &s)
+}
+
+// SetPolicy pushes the DNS and toFQDNs rules of a compiled policy; it
+// implements the agent's DNSProxy and returns once the proxy holds them.
+func (c *Client) SetPolicy(res *policy.Result) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.do(ctx, http.MethodPut, "/v1/tables", nil, Tables{DNS: res.DNS, FQDN: res.FQDN}, nil)
+}
+
+// FQDNCache lists what the proxy learned.
+func (c *Client) FQDNCache(ctx context.Context) ([]fqdn.Learned, error) {
+	var l []fqdn.Learned
+	return l, c.do(ctx, http.MethodGet, "/v1/fqdn/cache", nil, nil, &l)
+}
+
+// CleanFQDNCache forgets what was learned (for one identity, or all).
+func (c *Client) CleanFQDNCache(ctx context.Context, identity uint32) (int, error) {
+	q := url.Values{}
+	if identity != 0 {
+		q.Set("identity", strconv.FormatUint(uint64(identity), 10))
+	}
+	var out api.FQDNClean
+	return out.Removed, c.do(ctx, http.MethodDelete, "/v1/fqdn/cache", q, nil, &out)
+}
+
+// FollowEvents reads the proxy's events into fn until ctx ends,
+// reconnecting when the stream breaks (the proxy restarting).
+func (c *Client) FollowEvents(ctx context.Context, fn func(observe.DNSEvent), log *slog.Logger) {
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsproxy/v1/events", nil)
+		resp, err := c.hc.Do(req)
+		if err == nil {
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 64<<10), 4<<20)
+			for sc.Scan() {
+				var ev observe.DNSEvent
+				if err := json.Unmarshal(sc.Bytes(), &ev); err == nil {
+					fn(ev)
+				}
+			}
+			resp.Body.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
