@@ -196,6 +196,9 @@ func (m *Metrics) countDNS(f *flow.Flow, d *flow.DNS, c []string) {
 		m.dnsQ.WithLabelValues(append([]string{rcode, qtypes, "0"}, c...)...).Inc()
 		return
 	}
+	// The proxy reports an allowed query once, with its answer: count the
+	// query here (from the pod to the server).
+	m.dnsQ.WithLabelValues(append([]string{"", qtypes, "0"}, ctxValues(reverse(f))...)...).Inc()
 	m.dnsR.WithLabelValues(append([]string{dnsRcode(d.GetRcode()), qtypes, fmt.Sprint(len(d.GetIps()))}, c...)...).Inc()
 	for _, t := range d.GetRrtypes() {
 		m.dnsTypes.WithLabelValues(append([]string{t, qtypes}, c...)...).Inc()
@@ -216,4 +219,9 @@ func dnsRcode(rc uint32) string {
 		return "Query Refused"
 	}
 	return fmt.Sprint(rc)
+}
+
+// reverse is f seen the other way: for an answer, the query's direction.
+func reverse(f *flow.Flow) *flow.Flow {
+	return &flow.Flow{Source: f.GetDestination(), Destination: f.GetSource()}
 }
