@@ -83,3 +83,20 @@ func (m *Maps) SetProxyPorts(dns uint16) error {
 	}
 	return nil
 }
+
+// LookupFQDN answers what the datapath answers for a new connection that
+// no policy entry decided: the cookie of the learned toFQDNs rule allowing
+// local to reach addr on proto/port, if one does.
+func (m *Maps) LookupFQDN(local uint32, addr netip.Addr, proto uint8, port uint16) (uint32, bool) {
+	for _, k := range []FQDNKey{{Local: local, Addr: addr, Proto: proto, Port: port}, {Local: local, Addr: addr}} {
+		dk, err := toFQDNKey(k)
+		if err != nil {
+			return 0, false
+		}
+		var cookie uint32
+		if err := m.FQDN.Lookup(dk, &cookie); err == nil {
+			return cookie, true
+		}
+	}
+	return 0, false
+}

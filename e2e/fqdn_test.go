@@ -120,6 +120,30 @@ func TestFQDNWorkshop(t *testing.T) {
 		t.Errorf("table output: %v\n%s", err, out)
 	}
 
+	// policy trace understands names and DNS rules.
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--src", "pets/order-service", "--dst", "www.microsoft.com", "--port", "443"}, []string{"FORWARDED", "toFQDNs", "allow-order-service-traffic"}},
+		{[]string{"--src", "pets/order-service", "--dst", msAddr, "--port", "443"}, []string{"FORWARDED", "toFQDNs"}},
+		{[]string{"--src", "pets/order-service", "--dst", "api.github.com", "--port", "443"}, []string{"DROPPED", "no address learned"}},
+		{[]string{"--src", "pets/order-service", "--dst", "docs.microsoft.com", "--port", "443"}, []string{"DROPPED", `toFQDNs selector "*.microsoft.com"`}},
+		{[]string{"--src", "pets/order-service", "--dst", dnsIP, "--proto", "UDP", "--port", "53", "--dns-name", "www.bing.com"}, []string{"DROPPED", "REFUSED"}},
+		{[]string{"--src", "pets/order-service", "--dst", dnsIP, "--proto", "UDP", "--port", "53", "--dns-name", "www.microsoft.com"}, []string{"FORWARDED", `matches "*.microsoft.com"`}},
+	} {
+		out, err := f.n.CLI(append([]string{"policy", "trace"}, tc.args...)...)
+		if err != nil {
+			t.Errorf("aegis policy trace %v: %v\n%s", tc.args, err, out)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("aegis policy trace %v: no %q in\n%s", tc.args, w, out)
+			}
+		}
+	}
+
 	// DNS flows: the refused query is a DROPPED L7 flow with its name,
 	// the allowed one a FORWARDED one with its answer.
 	checkDNSFlows(t, f.n)

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aegis-cni/aegis/daemon/api"
+	"github.com/aegis-cni/aegis/daemon/fqdn"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
@@ -30,14 +34,33 @@ func (a *Agent) Trace(req api.TraceRequest) (*api.TraceResponse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: source: %v", api.ErrBadRequest, err)
 	}
+	if isName(req.Destination) {
+		return a.traceName(v, src, req, proto)
+	}
 	dst, err := a.resolvePeer(v, req.Destination)
 	if err != nil {
 		return nil, fmt.Errorf("%w: destination: %v", api.ErrBadRequest, err)
 	}
+	return a.trace(v, src, dst, req, proto)
+}
+
+// trace judges one connection between resolved peers.
+func (a *Agent) trace(v view, src, dst api.TracePeer, req api.TraceRequest, proto uint8) (*api.TraceResponse, error) {
 	resp := &api.TraceResponse{Source: src, Destination: dst, Verdict: "FORWARDED"}
+	dstIP, dstErr := netip.ParseAddr(dst.Name)
+	dstIsIP := dstErr == nil
 	judge := func(local, remote uint32, dir policy.Direction) {
 		e, enforced := v.compiled.Lookup(local, remote, dir, proto, req.Port)
 		step := api.TraceStep{Direction: dir.String(), Local: local, Remote: remote, Enforced: enforced, Verdict: "allowed"}
+		explicit := e.Action == policy.ActionDeny && e.Cookie != policy.CookieNone && !v.compiled.Rules[e.Cookie].Default
+		// No rule decided: an address a toFQDNs rule learned may still
+		// pass, as in the datapath.
+		if enforced && e.Action == policy.ActionDeny && !explicit && dir == policy.Egress && dstIsIP {
+			if cookie, ok := a.Maps().LookupFQDN(local, dstIP, proto, req.Port); ok {
+				e = policy.Entry{Action: policy.ActionAllow, Cookie: cookie}
+				step.Reason = "allowed by a toFQDNs rule (address learned from a DNS answer)"
+			}
+		}
 		switch {
 		case !enforced:
 			step.Reason = "no policy selects the endpoint in this direction"
@@ -49,8 +72,16 @@ func (a *Agent) Trace(req api.TraceRequest) (*api.TraceResponse, error) {
 			step.Verdict, step.Reason, step.Rule = "denied", "default deny: no rule allows it", RuleName(v.compiled.Rules[e.Cookie])
 		case e.Action == policy.ActionDeny:
 			step.Verdict, step.Reason, step.Rule = "denied", "denied by rule", RuleName(v.compiled.Rules[e.Cookie])
+		case e.Action == policy.ActionRedirectDNS:
+			step.Verdict, step.Reason, step.Rule = "proxied", "to the DNS proxy, which allows the queries its DNS rules match", RuleName(v.compiled.Rules[e.Cookie])
+			if req.DNSName != "" {
+				step.Verdict, step.Reason, step.Rule = a.traceQuery(v, local, remote, proto, req.Port, req.DNSName)
+			}
 		default:
-			step.Reason, step.Rule = "allowed by rule", RuleName(v.compiled.Rules[e.Cookie])
+			if step.Reason == "" {
+				step.Reason = "allowed by rule"
+			}
+			step.Rule = RuleName(v.compiled.Rules[e.Cookie])
 		}
 		if step.Verdict == "denied" {
 			resp.Verdict = "DROPPED"
@@ -67,6 +98,102 @@ func (a *Agent) Trace(req api.TraceRequest) (*api.TraceResponse, error) {
 		return nil, fmt.Errorf("%w: neither %s nor %s is an endpoint of this node", api.ErrBadRequest, req.Source, req.Destination)
 	}
 	return resp, nil
+}
+
+// traceQuery says what the DNS proxy does with a query for name from local
+// to the server remote.
+func (a *Agent) traceQuery(v view, local, remote uint32, proto uint8, port uint16, name string) (verdict, reason, rule string) {
+	rules := v.compiled.DNSPatterns(local, remote, proto, port)
+	for _, r := range rules {
+		for _, pat := range r.Patterns {
+			sel, err := fqdn.Compile(pat.MatchName, pat.MatchPattern)
+			if err == nil && sel.Matches(name) {
+				return "allowed", fmt.Sprintf("the DNS proxy forwards the query for %s (matches %q)", fqdn.Normalize(name), sel.Source), RuleName(v.compiled.Rules[r.Cookie])
+			}
+		}
+	}
+	if len(rules) == 0 {
+		return "denied", "the DNS proxy has no DNS rule for this server and port: the query is refused", ""
+	}
+	return "denied", fmt.Sprintf("no DNS rule matches %s: the DNS proxy answers REFUSED", fqdn.Normalize(name)), RuleName(v.compiled.Rules[rules[0].Cookie])
+}
+
+// isName reports whether s is a DNS name rather than a pod, an address or
+// an entity: it has a dot and no slash, and is not an address.
+func isName(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return false
+	}
+	return strings.Contains(s, ".") && !strings.Contains(s, "/")
+}
+
+// traceName traces a connection to a DNS name: to each address learned for
+// it (for the source's identity), or, when none is, what the toFQDNs rules
+// would allow after an answer.
+func (a *Agent) traceName(v view, src api.TracePeer, req api.TraceRequest, proto uint8) (*api.TraceResponse, error) {
+	if !src.Local {
+		return nil, fmt.Errorf("%w: a DNS name destination needs a source endpoint of this node", api.ErrBadRequest)
+	}
+	name := fqdn.Normalize(req.Destination)
+	var addrs []string
+	if p := a.dnsProxy.Load(); p != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		learned, err := (*p).FQDNCache(ctx)
+		cancel()
+		if err == nil {
+			for _, l := range learned {
+				if l.Local == src.Identity && l.Name == name && !slices.Contains(addrs, l.IP.String()) {
+					addrs = append(addrs, l.IP.String())
+				}
+			}
+		}
+	}
+	resp := &api.TraceResponse{Source: src, Destination: api.TracePeer{Name: req.Destination, Identity: policy.IdentityWorld}, Verdict: "DROPPED"}
+	for _, addr := range addrs {
+		dst, err := a.resolvePeer(v, addr)
+		if err != nil {
+			continue
+		}
+		r, err := a.trace(v, src, dst, req, proto)
+		if err != nil {
+			continue
+		}
+		for i := range r.Steps {
+			r.Steps[i].Reason = addr + ": " + r.Steps[i].Reason
+		}
+		resp.Steps = append(resp.Steps, r.Steps...)
+		if r.Verdict == "FORWARDED" {
+			resp.Verdict = "FORWARDED"
+		}
+	}
+	if len(addrs) > 0 {
+		return resp, nil
+	}
+	step := api.TraceStep{Direction: "egress", Local: src.Identity, Remote: policy.IdentityWorld, Enforced: true, Verdict: "denied",
+		Reason: "no address learned for " + name + " yet, and no toFQDNs rule selects it"}
+	for _, r := range v.compiled.FQDN[src.Identity] {
+		for _, s := range r.Selectors {
+			sel, err := fqdn.Compile(s.MatchName, s.MatchPattern)
+			if err != nil || !sel.Matches(name) {
+				continue
+			}
+			if policyCovers(r.Ports, proto, req.Port) {
+				step.Reason = fmt.Sprintf("no address learned for %s yet: toFQDNs selector %q allows its addresses once a DNS answer through the proxy names them", name, sel.Source)
+				step.Rule = RuleName(v.compiled.Rules[r.Cookie])
+			}
+		}
+	}
+	resp.Steps = append(resp.Steps, step)
+	return resp, nil
+}
+
+func policyCovers(ports []policy.ProtoPort, proto uint8, port uint16) bool {
+	for _, pp := range ports {
+		if pp.Proto == policy.ProtoAny || (pp.Proto == proto && (pp.Port == 0 || pp.Port == port)) {
+			return true
+		}
+	}
+	return false
 }
 
 // resolvePeer turns "pod:ns/name" (or "ns/name"), an IP address, or an

@@ -147,9 +147,12 @@ type Error struct {
 // TraceRequest asks how the datapath judges a connection.
 type TraceRequest struct {
 	Source      string `json:"source"`      // namespace/name, IP, or entity
-	Destination string `json:"destination"` // namespace/name, IP, or entity
+	Destination string `json:"destination"` // namespace/name, IP, entity, or a DNS name
 	Protocol    string `json:"protocol"`
 	Port        uint16 `json:"port"`
+	// DNSName is the name of a DNS query, for a port the DNS proxy
+	// handles: the trace says whether its DNS rules allow it.
+	DNSName string `json:"dnsName,omitempty"`
 }
 
 // TracePeer is one end of a traced connection.

@@ -27,9 +27,11 @@ Commands:
   identity list               numeric identities and their labels
   policy get [--identity N | --endpoint CONTAINER | --pod NS/NAME]
                               compiled policy: the rules and the map entries
-  policy trace --src PEER --dst PEER [--proto TCP] --port N
+  policy trace --src PEER --dst PEER [--proto TCP] --port N [--dns-name NAME]
                               verdict for a connection and the rule that decides it;
-                              a PEER is NAMESPACE/POD, an IP address, world or host
+                              a PEER is NAMESPACE/POD, an IP address, world or host;
+                              --dst may be a DNS name (the addresses learned for it);
+                              --dns-name: the query, on a port the DNS proxy handles
   observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P]
           [--from-ip IP] [--to-ip IP] [--protocol P] [--port N] [--label SEL] [--to-fqdn NAME]
           [--drop-reason-desc R] [--type drop|trace] [--since 5m] [--last N] [--follow] [-o compact|json]
