@@ -132,6 +132,11 @@ edge 300 IN A ` + msLearnAddr + `
 	for i := range freshCount {
 		fmt.Fprintf(&ms, "r%d 300 IN A %s\n", i, freshAddr(i))
 	}
+	// big: more addresses than fit a 512-byte UDP answer (truncated, then
+	// asked again over TCP).
+	for i := range 60 {
+		fmt.Fprintf(&ms, "big 300 IN A %s\n", freshAddr(i))
+	}
 	msZone := filepath.Join(dir, "microsoft.com.zone")
 	if err := os.WriteFile(msZone, []byte(ms.String()), 0o644); err != nil {
 		t.Fatal(err)

@@ -219,7 +219,8 @@ func checkDNSFlows(t *testing.T, n *node.Node) {
 // UDP and TCP through the proxy, api.github.com in toFQDNs but refused at
 // DNS, HTTP and HTTPS to *.microsoft.com.
 func TestFQDNCombined(t *testing.T) {
-	f := newFQDNNode(t)
+	// Room for every address of big.microsoft.com (the default keeps 50).
+	f := newFQDNNode(t, "--fqdn-max-ips-per-name", "100")
 	sf := f.pods["store-front"].NS
 	dnsIP := f.world.kubeDNS
 	dirSource{f.n}.apply(t, workshopObjects(t, "aks-combined-fqdn-l7.yaml"))
@@ -245,6 +246,20 @@ func TestFQDNCombined(t *testing.T) {
 	}
 	if _, codes, err := resolve(sf, dnsIP, "tcp", "www.bing.com"); err == nil || !slices.Contains(codes, "REFUSED") {
 		t.Errorf("www.bing.com over TCP: %v", codes)
+	}
+	// A truncated UDP answer passes as it is; the resolver asks again over
+	// TCP, and that answer is learned.
+	udp, err := dnsExchange(sf, dnsIP, "udp", "big.microsoft.com.", dns.TypeA)
+	if err != nil || !udp.Truncated {
+		t.Fatalf("big.microsoft.com over UDP: truncated %v, %v", udp != nil && udp.Truncated, err)
+	}
+	tcp, err := dnsExchange(sf, dnsIP, "tcp", "big.microsoft.com.", dns.TypeA)
+	if err != nil || len(tcp.Answer) != 60 {
+		t.Fatalf("big.microsoft.com over TCP: %d answers, %v", len(tcp.Answer), err)
+	}
+	last := tcp.Answer[len(tcp.Answer)-1].(*dns.A).A.String()
+	if err := sf.Probe("tcp", last+":443", 2*time.Second); err != nil {
+		t.Errorf("an address of the TCP answer (%s): %v", last, err)
 	}
 }
 
