@@ -44,6 +44,9 @@ type Status struct {
 	Version string `json:"version"`
 	PID     int    `json:"pid"`
 	Port    uint16 `json:"port"`
+	// Args are the proxy's command-line flags: aegisd replaces a proxy
+	// started with others.
+	Args []string `json:"args"`
 	// Counters since the proxy started.
 	Queries, Allowed, Refused, Malformed, UpstreamErrors, Learned, LostEvents uint64
 }
@@ -101,7 +104,7 @@ func LoadTables(path string) (*policy.Result, error) {
 
 // ServeControl serves the control API on socket until ctx ends.
 // tablesPath persists the rules pushed to it.
-func ServeControl(ctx context.Context, socket, tablesPath, version string, p *Proxy, cache *fqdn.Cache, events *Events, log *slog.Logger) error {
+func ServeControl(ctx context.Context, socket, tablesPath, version string, args []string, p *Proxy, cache *fqdn.Cache, events *Events, log *slog.Logger) error {
 	ln, err := api.ListenRootOnly(socket)
 	if err != nil {
 		return err
@@ -117,7 +120,7 @@ func ServeControl(ctx context.Context, socket, tablesPath, version string, p *Pr
 	}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		s := p.Stats()
-		reply(w, Status{Version: version, PID: os.Getpid(), Port: p.cfg.Port,
+		reply(w, Status{Version: version, PID: os.Getpid(), Port: p.cfg.Port, Args: args,
 			Queries: s.Queries.Load(), Allowed: s.Allowed.Load(), Refused: s.Refused.Load(), Malformed: s.Malformed.Load(),
 			UpstreamErrors: s.UpstreamErrors.Load(), Learned: s.Learned.Load(), LostEvents: events.lost.Load()}, nil)
 	})

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,7 +45,7 @@ func startDNSProxy(ctx context.Context, o *options, a *agent.Agent, obs *observe
 	st, err := c.Status(sctx)
 	cancel()
 	switch {
-	case err == nil && st.Version == agent.Version && st.Port == uint16(o.dnsProxyPort):
+	case err == nil && st.Version == agent.Version && slices.Equal(st.Args, proxyArgs(o)):
 		log.Info("dns proxy already running", "pid", st.PID, "port", st.Port)
 	default:
 		old := 0
@@ -98,6 +99,14 @@ func superviseDNSProxy(ctx context.Context, o *options, a *agent.Agent, c *dnspr
 	}
 }
 
+// proxyArgs are the flags aegisd starts the proxy with.
+func proxyArgs(o *options) []string {
+	return []string{"--bpf-root", o.bpfRoot, "--state-dir", o.stateDir, "--socket", o.dnsProxySocket,
+		"--port", strconv.FormatUint(uint64(o.dnsProxyPort), 10), "--dns-refuse", o.dnsRefuse,
+		"--dns-upstream-timeout", o.dnsTimeout.String(), "--fqdn-min-ttl", o.fqdnMinTTL.String(),
+		"--fqdn-max-ips-per-name", strconv.Itoa(o.fqdnMaxIPs), "--log-level", o.logLevel.String()}
+}
+
 func spawnDNSProxy(ctx context.Context, o *options, c *dnsproxy.Client, log *slog.Logger) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -112,11 +121,7 @@ func spawnDNSProxy(ctx context.Context, o *options, c *dnsproxy.Client, log *slo
 		return err
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, "dns-proxy",
-		"--bpf-root", o.bpfRoot, "--state-dir", o.stateDir, "--socket", o.dnsProxySocket,
-		"--port", strconv.FormatUint(uint64(o.dnsProxyPort), 10), "--dns-refuse", o.dnsRefuse,
-		"--dns-upstream-timeout", o.dnsTimeout.String(), "--fqdn-min-ttl", o.fqdnMinTTL.String(),
-		"--fqdn-max-ips-per-name", strconv.Itoa(o.fqdnMaxIPs), "--log-level", o.logLevel.String())
+	cmd := exec.Command(self, append([]string{"dns-proxy"}, proxyArgs(o)...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Its own session: signals to aegisd's group do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -204,7 +209,9 @@ func runDNSProxy(argv []string) error {
 		return err
 	}
 	errc := make(chan error, 2)
-	go func() { errc <- dnsproxy.ServeControl(ctx, *socket, tablesFile, agent.Version, p, cache, events, log) }()
+	go func() {
+		errc <- dnsproxy.ServeControl(ctx, *socket, tablesFile, agent.Version, argv, p, cache, events, log)
+	}()
 	go func() { errc <- p.Run(ctx) }()
 	go expireFQDN(ctx, maps, cache, log)
 	log.Info("dns proxy running", "port", *port, "socket", *socket, "pid", os.Getpid())
