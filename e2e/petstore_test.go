@@ -232,6 +232,45 @@ func TestPetStoreKubeAPI(t *testing.T) {
 	if !strings.Contains(strings.Join(reasons, ","), "PolicyApplied") {
 		t.Errorf("no PolicyApplied event on allow-order-service-traffic: %v", reasons)
 	}
+
+	// kubectl describe says why a policy is rejected, or what of it is
+	// not enforced.
+	res := kc.Dynamic.Resource(cnpGVR).Namespace("pets")
+	for _, tc := range []struct{ name, spec, reason, says string }{
+		{"bad-cidr", `{endpointSelector: {}, egress: [{toCIDR: [10.0.0.0/33]}]}`, "PolicyRejected", "spec.egress[0].toCIDR[0]: invalid CIDR"},
+		{"partial", `{endpointSelector: {matchLabels: {app: rabbitmq}}, egress: [{toServices: [{k8sService: {serviceName: x}}]}]}`, "PolicyPartiallyApplied", "spec.egress[0].toServices"},
+	} {
+		js, err := yaml.YAMLToJSON([]byte("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: " + tc.name + ", namespace: pets}\nspec: " + tc.spec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(js); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := res.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		var got []string
+		for time.Now().Before(deadline) {
+			evs, err := kc.Client.CoreV1().Events("pets").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + tc.name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = got[:0]
+			for _, e := range evs.Items {
+				got = append(got, e.Reason+": "+e.Message)
+			}
+			if strings.Contains(strings.Join(got, "|"), tc.reason+": ") && strings.Contains(strings.Join(got, "|"), tc.says) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if j := strings.Join(got, "|"); !strings.Contains(j, tc.reason+": ") || !strings.Contains(j, tc.says) {
+			t.Errorf("%s: events %q, want %s saying %q", tc.name, got, tc.reason, tc.says)
+		}
+	}
 }
 
 // runPetStore is the workshop's first half on a node whose daemon runs and
