@@ -134,10 +134,10 @@ type datapathPolicyKey struct {
 }
 
 type datapathProxyConfig struct {
-	_       structs.HostLayout
-	DnsPort uint16
-	Pad     uint16
-	Pad2    uint32
+	_        structs.HostLayout
+	DnsPort  uint16
+	HttpPort uint16
+	Pad      uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -75,10 +75,11 @@ func (m *Maps) ListFQDN() (map[FQDNKey]uint32, error) {
 	return out, nil
 }
 
-// SetProxyPorts tells the datapath where the DNS proxy listens on the node
-// (0: not running, redirected traffic is dropped as SOCKET_LOOKUP_FAILED).
-func (m *Maps) SetProxyPorts(dns uint16) error {
-	if err := m.Proxy.Put(uint32(0), datapathProxyConfig{DnsPort: dns}); err != nil {
+// SetProxyPorts tells the datapath where the DNS and HTTP proxies listen
+// on the node (0: not running, redirected traffic is dropped as
+// SOCKET_LOOKUP_FAILED).
+func (m *Maps) SetProxyPorts(dns, http uint16) error {
+	if err := m.Proxy.Put(uint32(0), datapathProxyConfig{DnsPort: dns, HttpPort: http}); err != nil {
 		return fmt.Errorf("set proxy ports: %w", err)
 	}
 	return nil

@@ -38,6 +38,7 @@
 #define DROP_POLICY_DENY 181     /* an explicit deny rule matched */
 #define DROP_SOCKET_LOOKUP 178   /* SOCKET_LOOKUP_FAILED: the proxy is not listening */
 #define DROP_SOCKET_ASSIGN 179   /* SOCKET_ASSIGN_FAILED */
+#define DROP_PROXY_PROTO 180     /* PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL */
 
 /* Policy actions (daemon/policy.Action). */
 #define ACTION_NONE 0

@@ -14,7 +14,7 @@
 #include "proxy.h"
 
 /* to_proxy hands a packet of a redirected connection to its proxy. */
-static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action, __u8 dir,
 				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now);
 
 static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t, __u8 reason,
@@ -88,7 +88,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 			fresh = ct_account(e, &t, 0, now);
 			maybe_report(skb, &t, e, fresh, 0, dir, now);
 			if (e->redirect)
-				return to_proxy(skb, &t, dir, e->src_identity, e->dst_identity, e->cookie, now);
+				return to_proxy(skb, &t, e->redirect, dir, e->src_identity, e->dst_identity, e->cookie, now);
 			return forward(&t, dir);
 		}
 	}
@@ -132,7 +132,9 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	}
 	/* Redirection is for the pod's own packets (tc ingress), where the
 	 * socket can be assigned. */
-	__u8 redirect = verdict.action == ACTION_REDIRECT_DNS && dir == DIR_EGRESS ? ACTION_REDIRECT_DNS : 0;
+	__u8 redirect = 0;
+	if (dir == DIR_EGRESS && (verdict.action == ACTION_REDIRECT_DNS || verdict.action == ACTION_REDIRECT_L7))
+		redirect = verdict.action;
 	if (verdict.action == ACTION_DENY) {
 		if (e)
 			bpf_map_delete_elem(&aegis_ct, &key);
@@ -148,7 +150,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		fresh = ct_account(e, &t, 0, now);
 		maybe_report(skb, &t, e, fresh, 0, dir, now);
 		if (redirect)
-			return to_proxy(skb, &t, dir, src_id, dst_id, verdict.cookie, now);
+			return to_proxy(skb, &t, redirect, dir, src_id, dst_id, verdict.cookie, now);
 		return forward(&t, dir);
 	}
 
@@ -157,14 +159,14 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		e->redirect = redirect;
 	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
 	if (redirect)
-		return to_proxy(skb, &t, dir, src_id, dst_id, verdict.cookie, now);
+		return to_proxy(skb, &t, redirect, dir, src_id, dst_id, verdict.cookie, now);
 	return forward(&t, dir);
 }
 
-static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action, __u8 dir,
 				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
 {
-	int reason = redirect_dns(skb, t);
+	int reason = redirect_to_proxy(skb, t, action);
 
 	if (reason)
 		return drop(skb, t, reason, dir, src_id, dst_id, cookie, now);

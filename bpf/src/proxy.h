@@ -18,8 +18,8 @@
 /* Where the proxies listen on the node (0: not running). */
 struct proxy_config {
 	__u16 dns_port;
-	__u16 pad;
-	__u32 pad2;
+	__u16 http_port;
+	__u32 pad;
 };
 
 struct {
@@ -65,18 +65,25 @@ static __always_inline __u32 fqdn_allowed(__u32 local_id, const struct tuple *t)
 	return cookie ? *cookie : 0;
 }
 
-/* redirect_dns hands the packet to the DNS proxy; 0 on success, else the
+/* redirect_to_proxy hands the packet to the proxy for action (the DNS
+ * proxy, UDP and TCP, or the HTTP proxy, TCP); 0 on success, else the
  * drop reason. */
-static __always_inline int redirect_dns(struct __sk_buff *skb, const struct tuple *t)
+static __always_inline int redirect_to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action)
 {
 	__u32 zero = 0;
 	struct proxy_config *cfg = bpf_map_lookup_elem(&aegis_proxy, &zero);
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_sock *sk = 0;
+	__u16 port;
 	long ret;
 
-	if (!cfg || !cfg->dns_port)
+	if (!cfg)
 		return DROP_SOCKET_LOOKUP;
+	port = action == ACTION_REDIRECT_L7 ? cfg->http_port : cfg->dns_port;
+	if (!port)
+		return DROP_SOCKET_LOOKUP;
+	if (action == ACTION_REDIRECT_L7 && t->proto != IPPROTO_TCP)
+		return DROP_PROXY_PROTO;
 	tuple.ipv4.saddr = t->saddr;
 	tuple.ipv4.daddr = t->daddr;
 	tuple.ipv4.sport = t->sport;
@@ -89,11 +96,11 @@ static __always_inline int redirect_dns(struct __sk_buff *skb, const struct tupl
 			sk = 0;
 		}
 		if (!sk) {
-			tuple.ipv4.dport = bpf_htons(cfg->dns_port);
+			tuple.ipv4.dport = bpf_htons(port);
 			sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 		}
 	} else if (t->proto == IPPROTO_UDP) {
-		tuple.ipv4.dport = bpf_htons(cfg->dns_port);
+		tuple.ipv4.dport = bpf_htons(port);
 		sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	}
 	if (!sk)

@@ -25,7 +25,7 @@ import (
 	"github.com/aegis-cni/aegis/daemon/state"
 )
 
-// The DNS proxy runs as its own process (`aegisd dns-proxy`) so that it
+// The DNS proxy runs in a process of its own (`aegisd proxy`) so that it
 // keeps answering, and learning, while the rest of aegisd restarts or
 // upgrades. aegisd drives it over a root-only control socket: it pushes
 // the DNS and toFQDNs rules of every compiled policy, reads the proxy's
@@ -35,8 +35,9 @@ import (
 
 // Tables are the rules aegisd hands the proxy.
 type Tables struct {
-	DNS  map[uint32][]policy.DNSRule  `json:"dns"`
-	FQDN map[uint32][]policy.FQDNRule `json:"fqdn"`
+	DNS  map[uint32][]policy.DNSRule     `json:"dns"`
+	FQDN map[uint32][]policy.FQDNRule    `json:"fqdn"`
+	HTTP map[uint32][]policy.HTTPRuleSet `json:"http"`
 }
 
 // Status is what the control socket says about the proxy.
@@ -56,12 +57,12 @@ type Status struct {
 // counted.
 type Events struct {
 	mu   sync.Mutex
-	subs map[chan observe.DNSEvent]struct{}
+	subs map[chan observe.L7Event]struct{}
 	lost atomic.Uint64
 }
 
 // Emit hands one event to every follower.
-func (e *Events) Emit(ev observe.DNSEvent) {
+func (e *Events) Emit(ev observe.L7Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if len(e.subs) == 0 {
@@ -77,11 +78,11 @@ func (e *Events) Emit(ev observe.DNSEvent) {
 	}
 }
 
-func (e *Events) subscribe() (chan observe.DNSEvent, func()) {
-	ch := make(chan observe.DNSEvent, 4096)
+func (e *Events) subscribe() (chan observe.L7Event, func()) {
+	ch := make(chan observe.L7Event, 4096)
 	e.mu.Lock()
 	if e.subs == nil {
-		e.subs = map[chan observe.DNSEvent]struct{}{}
+		e.subs = map[chan observe.L7Event]struct{}{}
 	}
 	e.subs[ch] = struct{}{}
 	e.mu.Unlock()
@@ -99,12 +100,12 @@ func LoadTables(path string) (*policy.Result, error) {
 	if err != nil || !found {
 		return nil, err
 	}
-	return &policy.Result{DNS: t.DNS, FQDN: t.FQDN}, nil
+	return &policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP}, nil
 }
 
 // ServeControl serves the control API on socket until ctx ends.
 // tablesPath persists the rules pushed to it.
-func ServeControl(ctx context.Context, socket, tablesPath, version string, args []string, p *Proxy, cache *fqdn.Cache, events *Events, log *slog.Logger) error {
+func ServeControl(ctx context.Context, socket, tablesPath, version string, args []string, p *Proxy, setPolicy func(*policy.Result), cache *fqdn.Cache, events *Events, log *slog.Logger) error {
 	ln, err := api.ListenRootOnly(socket)
 	if err != nil {
 		return err
@@ -138,7 +139,7 @@ func ServeControl(ctx context.Context, socket, tablesPath, version string, args 
 			reply(w, nil, err)
 			return
 		}
-		p.SetPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN})
+		setPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP})
 		reply(w, struct{}{}, nil)
 	})
 	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
@@ -245,7 +246,7 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 func (c *Client) SetPolicy(res *policy.Result) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return c.do(ctx, http.MethodPut, "/v1/tables", nil, Tables{DNS: res.DNS, FQDN: res.FQDN}, nil)
+	return c.do(ctx, http.MethodPut, "/v1/tables", nil, Tables{DNS: res.DNS, FQDN: res.FQDN, HTTP: res.HTTP}, nil)
 }
 
 // FQDNCache lists what the proxy learned.
@@ -266,7 +267,7 @@ func (c *Client) CleanFQDNCache(ctx context.Context, identity uint32) (int, erro
 
 // FollowEvents reads the proxy's events into fn until ctx ends,
 // reconnecting when the stream breaks (the proxy restarting).
-func (c *Client) FollowEvents(ctx context.Context, fn func(observe.DNSEvent), log *slog.Logger) {
+func (c *Client) FollowEvents(ctx context.Context, fn func(observe.L7Event), log *slog.Logger) {
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsproxy/v1/events", nil)
 		resp, err := c.hc.Do(req)
@@ -274,7 +275,7 @@ func (c *Client) FollowEvents(ctx context.Context, fn func(observe.DNSEvent), lo
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 64<<10), 4<<20)
 			for sc.Scan() {
-				var ev observe.DNSEvent
+				var ev observe.L7Event
 				if err := json.Unmarshal(sc.Bytes(), &ev); err == nil {
 					fn(ev)
 				}

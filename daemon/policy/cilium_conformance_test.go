@@ -593,7 +593,7 @@ func ciliumUnsupportedCases() []conformanceCase {
 			{toEndpoints: [{matchLabels: {app: dog}}]}]}`)},
 		probes: []string{"pets/cat 203.0.113.9 tcp/443 deny", "pets/cat pets/dog tcp/80 allow"},
 	}, {
-		name: "ports with HTTP rules allow nothing until L7 policy exists",
+		name: "HTTP rules at ingress allow nothing (not enforced yet)",
 		policies: []string{cnpIn("p", `{`+selCat+`, ingress: [{fromEndpoints: [{matchLabels: {app: dog}}], toPorts: [
 			{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: /}]}},
 			{ports: [{port: "9090", protocol: TCP}]}]}]}`)},
@@ -787,5 +787,30 @@ func TestDNSAndFQDNRules(t *testing.T) {
 	}
 	if ref := c.res.Rules[fq[0].Cookie]; ref.Path != "spec.egress[1]" {
 		t.Errorf("toFQDNs cookie names %+v", ref)
+	}
+}
+
+// TestHTTPRules: egress HTTP rules become redirects to the HTTP proxy and
+// the rule sets it enforces per peer and port.
+func TestHTTPRules(t *testing.T) {
+	c := newTestCluster(t, defaultWorld(), []string{cnpIn("p", `{`+selCat+`, egress: [
+		{toEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/"}]}}]},
+		{toEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]}`)})
+	cat, dog := c.pods["pets/cat"], c.pods["pets/dog"]
+	if e, _ := c.res.Lookup(cat, dog, Egress, ProtoTCP, 80); e.Action != ActionRedirectL7 {
+		t.Errorf("tcp/80 to dog: %v, want redirect-l7", e.Action)
+	}
+	if e, _ := c.res.Lookup(cat, dog, Egress, ProtoTCP, 8080); e.Action != ActionAllow {
+		t.Errorf("tcp/8080 to dog: %v, want allow (L3/L4 only)", e.Action)
+	}
+	if e, _ := c.res.Lookup(cat, dog, Egress, ProtoTCP, 81); e.Action != ActionDeny {
+		t.Errorf("tcp/81 to dog: %v, want deny", e.Action)
+	}
+	sets := c.res.HTTPRules(cat, dog, 80)
+	if len(sets) != 1 || len(sets[0].Rules) != 1 || sets[0].Rules[0].Method != "GET" {
+		t.Fatalf("HTTP rules cat -> dog:80: %+v", sets)
+	}
+	if got := c.res.HTTPRules(cat, c.pods["pets/bird"], 80); len(got) != 0 {
+		t.Errorf("HTTP rules for another peer: %+v", got)
 	}
 }

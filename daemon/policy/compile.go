@@ -40,6 +40,8 @@ type Result struct {
 	// enforces and the toFQDNs rules it learns addresses for.
 	DNS  map[uint32][]DNSRule
 	FQDN map[uint32][]FQDNRule
+	// HTTP is, per local identity, the HTTP rules the HTTP proxy enforces.
+	HTTP map[uint32][]HTTPRuleSet
 }
 
 // Compile compiles the policies for the local identities. It validates

@@ -129,3 +129,56 @@ func (c *compiler) addL7(selected []*Identity, rs remotes, pr *cnp.PeerRule, coo
 		}
 	}
 }
+
+// HTTPRuleSet is what the HTTP proxy enforces for a local identity's
+// connections to the remotes on the ports: a request passes when one rule
+// matches it (an empty rule matches every request).
+type HTTPRuleSet struct {
+	AnyRemote bool
+	Remotes   []uint32
+	Ports     []ProtoPort
+	Rules     []cnp.HTTPRule
+	Cookie    uint32
+}
+
+// HTTPRules returns the HTTP rule sets of local that apply to a connection
+// to remote on port; none means no HTTP rule covers it.
+func (r *Result) HTTPRules(local, remote uint32, port uint16) []HTTPRuleSet {
+	var out []HTTPRuleSet
+	for _, h := range r.HTTP[local] {
+		if (h.AnyRemote || slices.Contains(h.Remotes, remote)) && covers(h.Ports, ProtoTCP, port) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// addHTTP records the HTTP rules of an egress allow rule and gives their
+// ports redirect entries to the HTTP proxy.
+func (c *compiler) addHTTP(selected []*Identity, rs remotes, pr *cnp.PeerRule, cookie uint32) {
+	if len(pr.HTTP) == 0 || (!rs.any && len(rs.ids) == 0) {
+		return
+	}
+	if c.res.HTTP == nil {
+		c.res.HTTP = map[uint32][]HTTPRuleSet{}
+	}
+	for _, h := range pr.HTTP {
+		// HTTP runs over TCP: ANY means TCP here.
+		tcp := make([]cnp.Port, len(h.Ports))
+		for i, p := range h.Ports {
+			p.Protocol = "TCP"
+			tcp[i] = p
+		}
+		set := HTTPRuleSet{AnyRemote: rs.any, Remotes: rs.ids, Ports: protoPorts(tcp, len(tcp) == 0), Rules: h.Rules, Cookie: cookie}
+		ports, all := npPorts(&cnp.PeerRule{Ports: tcp, AllPorts: len(tcp) == 0})
+		e := Entry{Action: ActionRedirectL7, Cookie: cookie}
+		for _, local := range selected {
+			c.res.HTTP[local.ID] = append(c.res.HTTP[local.ID], set)
+			if all {
+				c.add(local.ID, Egress, rs, nil, e)
+			} else {
+				c.add(local.ID, Egress, rs, ports, e)
+			}
+		}
+	}
+}

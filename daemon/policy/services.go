@@ -54,15 +54,15 @@ func (r *Result) AddServices(svcs []Service) {
 					}
 					// A backend the DNS proxy must see makes the service
 					// port go through the proxy too.
-					if e.Action == ActionRedirectDNS {
-						action = ActionRedirectDNS
+					if e.Action == ActionRedirectDNS || e.Action == ActionRedirectL7 {
+						action = e.Action
 					}
 				}
 				if allowed {
 					k := Key{Local: local, Remote: svc.Identity, Dir: Egress, Proto: sp.Proto, Port: sp.Port, PortPrefixLen: 16}
 					ip.Entries[k] = Entry{Action: action, Cookie: cookie}
-					if action == ActionRedirectDNS {
-						r.dnsToService(local, svc.Identity, sp.Backends)
+					if action == ActionRedirectDNS || action == ActionRedirectL7 {
+						r.proxyToService(local, svc.Identity, sp.Backends)
 					}
 				}
 			}
@@ -70,25 +70,26 @@ func (r *Result) AddServices(svcs []Service) {
 	}
 }
 
-// dnsToService lets the DNS rules that cover every backend of a service
-// cover the service address too: the proxy sees the address the pod asked.
-func (r *Result) dnsToService(local, svc uint32, backends []ServiceBackend) {
-	rules := r.DNS[local]
-	for i := range rules {
-		d := &rules[i]
-		if d.AnyRemote || slices.Contains(d.Remotes, svc) {
-			continue
+// proxyToService lets the DNS and HTTP rules that cover every backend of a
+// service cover the service address too: the proxies see the address the
+// pod asked.
+func (r *Result) proxyToService(local, svc uint32, backends []ServiceBackend) {
+	widen := func(any bool, remotes *[]uint32) {
+		if any || slices.Contains(*remotes, svc) {
+			return
 		}
-		all := true
 		for _, b := range backends {
-			if !slices.Contains(d.Remotes, b.Identity) {
-				all = false
-				break
+			if !slices.Contains(*remotes, b.Identity) {
+				return
 			}
 		}
-		if all {
-			d.Remotes = append(slices.Clone(d.Remotes), svc)
-			slices.Sort(d.Remotes)
-		}
+		*remotes = append(slices.Clone(*remotes), svc)
+		slices.Sort(*remotes)
+	}
+	for i := range r.DNS[local] {
+		widen(r.DNS[local][i].AnyRemote, &r.DNS[local][i].Remotes)
+	}
+	for i := range r.HTTP[local] {
+		widen(r.HTTP[local][i].AnyRemote, &r.HTTP[local][i].Remotes)
 	}
 }

@@ -310,7 +310,7 @@ func (c *testCluster) verdict(p probe) (allow bool, why string, err error) {
 	if src.local {
 		// A redirect to the DNS proxy passes the packet on to the proxy,
 		// which decides per query: the datapath lets it through.
-		if e, enforced := c.res.Lookup(src.id, dst.id, Egress, p.proto, p.port); enforced && e.Action != ActionAllow && e.Action != ActionRedirectDNS {
+		if e, enforced := c.res.Lookup(src.id, dst.id, Egress, p.proto, p.port); enforced && e.Action != ActionAllow && e.Action != ActionRedirectDNS && e.Action != ActionRedirectL7 {
 			return false, fmt.Sprintf("egress of %d to %d: %v (cookie %d)", src.id, dst.id, e.Action, e.Cookie), nil
 		}
 	}

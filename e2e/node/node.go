@@ -172,7 +172,7 @@ func New(t testing.TB, opts Options) *Node {
 // DNSProxyPID is the pid of the node's DNS proxy process (aegisd starts
 // it and leaves it running across its own restarts), or 0.
 func (n *Node) DNSProxyPID() int {
-	b, err := os.ReadFile(filepath.Join(n.StateDir, "dnsproxy.pid"))
+	b, err := os.ReadFile(filepath.Join(n.StateDir, "proxy.pid"))
 	if err != nil {
 		return 0
 	}
@@ -201,7 +201,7 @@ func (n *Node) StopDNSProxy() {
 }
 
 func (n *Node) dumpLogs() {
-	for _, f := range []string{n.DaemonLog, n.CNILog, filepath.Join(n.StateDir, "dnsproxy.log")} {
+	for _, f := range []string{n.DaemonLog, n.CNILog, filepath.Join(n.StateDir, "proxy.log")} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue

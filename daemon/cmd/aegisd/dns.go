@@ -23,18 +23,21 @@ import (
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/dnsproxy"
 	"github.com/aegis-cni/aegis/daemon/fqdn"
+	"github.com/aegis-cni/aegis/daemon/l7proxy"
 	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
-// The DNS proxy is a second process of this binary (`aegisd dns-proxy`),
-// started by aegisd and left running across aegisd's restarts: pods keep
-// resolving, and names keep being learned, while the rest of aegisd is
-// down. A new version replaces the old one by binding the same port
-// (SO_REUSEPORT) before the old one is told to go.
+// The proxies (DNS, and HTTP for L7 rules) are a second process of this
+// binary (`aegisd proxy`), started by aegisd and left running across
+// aegisd's restarts: pods keep resolving, names keep being learned and
+// HTTP keeps flowing while the rest of aegisd is down. A new version
+// replaces the old one by binding the same ports (SO_REUSEPORT) before the
+// old one is told to go.
 
 func proxyFiles(stateDir string) (pidFile, tablesFile, cacheFile, logFile string) {
-	return filepath.Join(stateDir, "dnsproxy.pid"), filepath.Join(stateDir, "dnsproxy-rules.json"),
-		filepath.Join(stateDir, "fqdn-cache.json"), filepath.Join(stateDir, "dnsproxy.log")
+	return filepath.Join(stateDir, "proxy.pid"), filepath.Join(stateDir, "proxy-rules.json"),
+		filepath.Join(stateDir, "fqdn-cache.json"), filepath.Join(stateDir, "proxy.log")
 }
 
 // startDNSProxy makes sure a proxy of this version runs and attaches it to
@@ -64,7 +67,14 @@ func startDNSProxy(ctx context.Context, o *options, a *agent.Agent, obs *observe
 	if err := a.SetDNSProxy(c); err != nil {
 		return err
 	}
-	emit := func(ev observe.DNSEvent) { obs.Add(observe.DNSFlow(a, ev)) }
+	emit := func(ev observe.L7Event) {
+		switch {
+		case ev.DNS != nil:
+			obs.Add(observe.DNSFlow(a, *ev.DNS))
+		case ev.HTTP != nil:
+			obs.Add(observe.HTTPFlow(a, *ev.HTTP))
+		}
+	}
 	go c.FollowEvents(ctx, emit, log)
 	go superviseDNSProxy(ctx, o, a, c, log)
 	return nil
@@ -102,7 +112,7 @@ func superviseDNSProxy(ctx context.Context, o *options, a *agent.Agent, c *dnspr
 // proxyArgs are the flags aegisd starts the proxy with.
 func proxyArgs(o *options) []string {
 	return []string{"--bpf-root", o.bpfRoot, "--state-dir", o.stateDir, "--socket", o.dnsProxySocket,
-		"--port", strconv.FormatUint(uint64(o.dnsProxyPort), 10), "--dns-refuse", o.dnsRefuse,
+		"--port", strconv.FormatUint(uint64(o.dnsProxyPort), 10), "--http-port", strconv.FormatUint(uint64(o.httpProxyPort), 10), "--dns-refuse", o.dnsRefuse,
 		"--dns-upstream-timeout", o.dnsTimeout.String(), "--fqdn-min-ttl", o.fqdnMinTTL.String(),
 		"--fqdn-max-ips-per-name", strconv.Itoa(o.fqdnMaxIPs), "--log-level", o.logLevel.String()}
 }
@@ -121,7 +131,7 @@ func spawnDNSProxy(ctx context.Context, o *options, c *dnsproxy.Client, log *slo
 		return err
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, append([]string{"dns-proxy"}, proxyArgs(o)...)...)
+	cmd := exec.Command(self, append([]string{"proxy"}, proxyArgs(o)...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Its own session: signals to aegisd's group do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -143,13 +153,14 @@ func spawnDNSProxy(ctx context.Context, o *options, c *dnsproxy.Client, log *slo
 	return fmt.Errorf("dns proxy (pid %d) not ready after 10s; see %s", cmd.Process.Pid, logFile)
 }
 
-// runDNSProxy is `aegisd dns-proxy`: the proxy process.
-func runDNSProxy(argv []string) error {
-	fs := flag.NewFlagSet("aegisd dns-proxy", flag.ContinueOnError)
+// runProxy is `aegisd proxy`: the proxy process.
+func runProxy(argv []string) error {
+	fs := flag.NewFlagSet("aegisd proxy", flag.ContinueOnError)
 	bpfRoot := fs.String("bpf-root", bpf.DefaultRoot, "bpffs directory of aegisd's pinned maps")
 	stateDir := fs.String("state-dir", "/var/lib/aegis", "aegisd's state directory (rules, learned names, pid file)")
-	socket := fs.String("socket", "/var/run/aegis/dnsproxy.sock", "root-only control socket aegisd drives the proxy through")
-	port := fs.Uint("port", 10053, "port of the proxy (UDP and TCP) on the node")
+	socket := fs.String("socket", "/var/run/aegis/proxy.sock", "root-only control socket aegisd drives the proxies through")
+	port := fs.Uint("port", 10053, "port of the DNS proxy (UDP and TCP) on the node")
+	httpPort := fs.Uint("http-port", 10080, "port of the HTTP proxy on the node; 0 disables it")
 	refuse := fs.String("dns-refuse", "refused", "answer to queries no DNS rule allows: refused or nxdomain")
 	timeout := fs.Duration("dns-upstream-timeout", 2*time.Second, "how long to wait for a server before answering SERVFAIL")
 	minTTL := fs.Duration("fqdn-min-ttl", 0, "shortest time a learned address stays allowed")
@@ -157,16 +168,16 @@ func runDNSProxy(argv []string) error {
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: aegisd dns-proxy [flags]\n\nThe transparent DNS proxy, a process of its own that aegisd starts and drives;\nit outlives aegisd's restarts. Not meant to be run by hand.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: aegisd proxy [flags]\n\nThe transparent DNS and HTTP proxies, a process of its own that aegisd starts\nand drives; it outlives aegisd's restarts. Not meant to be run by hand.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}
-	if *port == 0 || *port > 65535 {
-		return fmt.Errorf("--port %d: not a port", *port)
+	if *port == 0 || *port > 65535 || *httpPort > 65535 {
+		return fmt.Errorf("--port %d, --http-port %d: not ports", *port, *httpPort)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "dns-proxy")
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "proxy")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	pidFile, tablesFile, cacheFile, _ := proxyFiles(*stateDir)
@@ -192,29 +203,46 @@ func runDNSProxy(argv []string) error {
 		rcode = dns.RcodeNameError
 	}
 	events := &dnsproxy.Events{}
-	p, err := dnsproxy.New(dnsproxy.Config{Port: uint16(*port), RefuseCode: rcode, UpstreamTimeout: *timeout}, maps, cache, events.Emit, log)
+	p, err := dnsproxy.New(dnsproxy.Config{Port: uint16(*port), RefuseCode: rcode, UpstreamTimeout: *timeout}, maps, cache,
+		func(ev observe.DNSEvent) { events.Emit(observe.L7Event{DNS: &ev}) }, log)
 	if err != nil {
 		return err
+	}
+	var hp *l7proxy.Proxy
+	if *httpPort != 0 {
+		hp, err = l7proxy.New(l7proxy.Config{Port: uint16(*httpPort)}, maps, func(ev observe.HTTPEvent) { events.Emit(observe.L7Event{HTTP: &ev}) }, log)
+		if err != nil {
+			return err
+		}
+	}
+	setPolicy := func(res *policy.Result) {
+		p.SetPolicy(res)
+		if hp != nil {
+			hp.SetPolicy(res)
+		}
 	}
 	// The rules of the last run hold until aegisd pushes new ones.
 	if res, err := dnsproxy.LoadTables(tablesFile); err != nil {
 		log.Warn("previous rules unreadable; refusing until aegisd pushes rules", "err", err)
 	} else if res != nil {
-		p.SetPolicy(res)
+		setPolicy(res)
 	}
-	if err := maps.SetProxyPorts(uint16(*port)); err != nil {
+	if err := maps.SetProxyPorts(uint16(*port), uint16(*httpPort)); err != nil {
 		return err
 	}
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() {
-		errc <- dnsproxy.ServeControl(ctx, *socket, tablesFile, agent.Version, argv, p, cache, events, log)
+		errc <- dnsproxy.ServeControl(ctx, *socket, tablesFile, agent.Version, argv, p, setPolicy, cache, events, log)
 	}()
 	go func() { errc <- p.Run(ctx) }()
+	if hp != nil {
+		go func() { errc <- hp.Run(ctx) }()
+	}
 	go expireFQDN(ctx, maps, cache, log)
-	log.Info("dns proxy running", "port", *port, "socket", *socket, "pid", os.Getpid())
+	log.Info("proxies running", "dns", *port, "http", *httpPort, "socket", *socket, "pid", os.Getpid())
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

@@ -48,6 +48,7 @@ type options struct {
 	metricsAddr     string
 	dnsProxyPort    uint
 	dnsProxySocket  string
+	httpProxyPort   uint
 	dnsRefuse       string
 	dnsTimeout      time.Duration
 	fqdnMinTTL      time.Duration
@@ -84,7 +85,8 @@ func parseFlags(argv []string) (*options, error) {
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
 	fs.UintVar(&o.dnsProxyPort, "dns-proxy-port", 10053, "port of the transparent DNS proxy (UDP and TCP) on the node; 0 disables it, and pods with DNS rules lose DNS")
-	fs.StringVar(&o.dnsProxySocket, "dns-proxy-socket", "", "control socket of the DNS proxy process (default: dnsproxy.sock beside --socket)")
+	fs.StringVar(&o.dnsProxySocket, "proxy-socket", "", "control socket of the proxy process (default: proxy.sock beside --socket)")
+	fs.UintVar(&o.httpProxyPort, "http-proxy-port", 10080, "port of the transparent HTTP proxy for L7 rules on the node; 0 disables it, and ports with HTTP rules lose their traffic")
 	fs.StringVar(&o.dnsRefuse, "dns-refuse", "refused", "answer to queries no DNS rule allows: refused or nxdomain")
 	fs.DurationVar(&o.dnsTimeout, "dns-upstream-timeout", 2*time.Second, "how long the DNS proxy waits for a server before answering SERVFAIL")
 	fs.DurationVar(&o.fqdnMinTTL, "fqdn-min-ttl", 0, "shortest time an address learned for toFQDNs stays allowed, whatever the answer's TTL")
@@ -103,10 +105,10 @@ func parseFlags(argv []string) (*options, error) {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
 	}
 	if o.dnsProxySocket == "" {
-		o.dnsProxySocket = filepath.Join(filepath.Dir(o.socket), "dnsproxy.sock")
+		o.dnsProxySocket = filepath.Join(filepath.Dir(o.socket), "proxy.sock")
 	}
-	if o.dnsProxyPort > 65535 {
-		return nil, fmt.Errorf("--dns-proxy-port %d: not a port", o.dnsProxyPort)
+	if o.dnsProxyPort > 65535 || o.httpProxyPort > 65535 {
+		return nil, fmt.Errorf("--dns-proxy-port %d, --http-proxy-port %d: not ports", o.dnsProxyPort, o.httpProxyPort)
 	}
 	if o.dnsRefuse != "refused" && o.dnsRefuse != "nxdomain" {
 		return nil, fmt.Errorf("--dns-refuse %q: want refused or nxdomain", o.dnsRefuse)
@@ -132,9 +134,9 @@ func parseFlags(argv []string) (*options, error) {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "dns-proxy" {
-		if err := runDNSProxy(os.Args[2:]); err != nil && !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "aegisd dns-proxy:", err)
+	if len(os.Args) > 1 && os.Args[1] == "proxy" {
+		if err := runProxy(os.Args[2:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "aegisd proxy:", err)
 			os.Exit(1)
 		}
 		return
@@ -179,7 +181,7 @@ func run(ctx context.Context, o *options) error {
 		if err := startDNSProxy(ctx, o, a, obs, log); err != nil {
 			return err
 		}
-	} else if err := a.Maps().SetProxyPorts(0); err != nil {
+	} else if err := a.Maps().SetProxyPorts(0, 0); err != nil {
 		return err
 	}
 	go func() { errc <- api.Serve(ctx, o.socket, a, log) }()

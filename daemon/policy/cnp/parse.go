@@ -68,6 +68,16 @@ type PeerRule struct {
 	// DNS are the ports with DNS rules: traffic to the peers on them goes
 	// through the DNS proxy, which lets through queries the rules match.
 	DNS []DNSPorts
+	// HTTP are the ports with HTTP rules (egress): connections to the
+	// peers on them go through the HTTP proxy, which lets through the
+	// requests the rules match and answers the others 403.
+	HTTP []HTTPPorts
+}
+
+// HTTPPorts is a port rule with HTTP rules.
+type HTTPPorts struct {
+	Ports []Port
+	Rules []HTTPRule
 }
 
 // DNSPorts is a port rule with DNS rules.
@@ -511,6 +521,20 @@ func (p *Policy) allowPorts(at string, egress bool, rules []PortRule, pr *PeerRu
 		case r.Rules != nil && r.Rules.DNS != nil:
 			// Validated above: egress only, nothing else beside.
 			pr.DNS = append(pr.DNS, DNSPorts{Ports: ports, Rules: r.Rules.DNS})
+			continue
+		case r.Rules != nil && r.Rules.HTTP != nil && egress:
+			for _, port := range ports {
+				if port.Protocol != "TCP" && port.Protocol != "ANY" {
+					return fmt.Errorf("%s.rules.http: HTTP rules need TCP ports, not %s", where, port.Protocol)
+				}
+			}
+			pr.HTTP = append(pr.HTTP, HTTPPorts{Ports: ports, Rules: r.Rules.HTTP})
+			continue
+		case r.Rules != nil && r.Rules.HTTP != nil:
+			// The HTTP proxy sees a pod's own connections (the datapath
+			// assigns them on the pod's side); traffic into a pod cannot be
+			// handed to it there.
+			p.unsupported(where+".rules.http", "HTTP rules at ingress are not enforced by aegis yet; these ports allow nothing")
 			continue
 		case r.Rules != nil && !r.Rules.empty():
 			p.unsupported(where+".rules", "layer 7 rules are not enforced by aegis yet; these ports allow nothing")

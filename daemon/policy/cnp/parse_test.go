@@ -112,7 +112,7 @@ func TestParseUnsupported(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"spec.ingress[0].toPorts[0].rules:",
+		"spec.ingress[0].toPorts[0].rules.http:",
 		"spec.ingress[1].authentication:",
 		"spec.egress[1].toServices:",
 		"spec.egress[2].toEntities[0]:",

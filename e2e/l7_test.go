@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/aegis-cni/aegis/e2e/netns"
+	"github.com/aegis-cni/aegis/e2e/node"
+)
+
+// serveHTTP runs an HTTP server inside ns on addr until the test ends.
+func serveHTTP(t *testing.T, ns *netns.NS, addr, name string) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Reset") != "" {
+			// The server resets the connection instead of answering.
+			c, _, _ := w.(http.Hijacker).Hijack()
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			c.Close()
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s: %s %s host=%s body=%d", name, r.Method, r.URL.Path, r.Host, len(body))
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// podClient is an HTTP client whose connections start inside ns, one at a
+// time (so keep-alive reuse is observable).
+func podClient(ns *netns.NS) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return ns.Dial("tcp", addr, 2*time.Second)
+		},
+		MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
+	}}
+}
+
+// TestL7HTTP: the last rule of the workshop's combined policy, GET / to
+// product-service:3002, through the HTTP proxy.
+func TestL7HTTP(t *testing.T) {
+	n := node.New(t, node.Options{})
+	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil)+"---\n"+node.NamespaceManifest("kube-system", nil))
+	var manifests []string
+	for name, ns := range petStorePods {
+		manifests = append(manifests, node.PodManifest(ns, name, petStoreLabels(name)))
+	}
+	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
+	n.StartDaemon()
+	sf := n.NewPod("pets", "store-front", nil)
+	ps := n.NewPod("pets", "product-service", nil)
+	serveHTTP(t, ps.NS, ps.Addr(3002), "product-service")
+	ps.NS.Serve(t, "tcp", ps.Addr(3003), "other:")
+	base := "http://" + ps.Addr(3002)
+	c := podClient(sf.NS)
+	get := func(method, path string, body io.Reader) (int, string, error) {
+		req, _ := http.NewRequest(method, base+path, body)
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	if code, _, err := get("POST", "/", nil); err != nil || code != 200 {
+		t.Fatalf("before policy: POST / %d %v", code, err)
+	}
+
+	dirSource{n}.apply(t, workshopObjects(t, "aks-combined-fqdn-l7.yaml"))
+	// A connection opened before the policy is judged again: it now goes
+	// to the proxy too. Start clean anyway.
+	c.CloseIdleConnections()
+
+	code, body, err := get("GET", "/", nil)
+	if err != nil || code != 200 || !strings.Contains(body, "product-service: GET / host="+ps.Addr(3002)) {
+		t.Errorf("GET /: %d %q %v", code, body, err)
+	}
+	for _, tc := range []struct{ method, path string }{{"POST", "/"}, {"GET", "/admin"}, {"DELETE", "/"}} {
+		code, body, err := get(tc.method, tc.path, nil)
+		if err != nil || code != 403 || strings.TrimSpace(body) != "Access denied" {
+			t.Errorf("%s %s: %d %q %v, want 403 Access denied", tc.method, tc.path, code, body, err)
+		}
+	}
+	// Keep-alive: allowed and denied requests mixed on one connection
+	// behave per request.
+	var conns []string
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { conns = append(conns, i.Conn.LocalAddr().String()) }}
+	for i, want := range []int{200, 403, 200, 403, 200} {
+		path := "/"
+		if want == 403 {
+			path = "/admin"
+		}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", base+path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("request %d on the kept-alive connection: %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+	for _, conn := range conns[1:] {
+		if conn != conns[0] {
+			t.Errorf("requests did not share one connection: %v", conns)
+			break
+		}
+	}
+	// Other ports of product-service stay under L3/L4: no rule, no access.
+	if err := sf.NS.Probe("tcp", ps.Addr(3003), 500*time.Millisecond); err == nil {
+		t.Error("product-service:3003 connected; only 3002 is allowed")
+	}
+	// A large body streams through (GET with a body is still GET /).
+	big := strings.Repeat("x", 8<<20)
+	if code, body, err := get("GET", "/", strings.NewReader(big)); err != nil || code != 200 || !strings.Contains(body, fmt.Sprintf("body=%d", len(big))) {
+		t.Errorf("GET / with an 8 MiB body: %d %q %v", code, body[:min(len(body), 80)], err)
+	}
+
+	// Bad input.
+	raw := func(payload string) string {
+		conn, err := sf.NS.Dial("tcp", ps.Addr(3002), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, payload)
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		return line
+	}
+	if line := raw("NONSENSE\r\n\r\n"); !strings.Contains(line, "400") {
+		t.Errorf("a malformed request: %q, want 400", line)
+	}
+	if line := raw("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n"); !strings.Contains(line, "431") {
+		t.Errorf("oversized headers: %q, want 431", line)
+	}
+	// A slow client holding a half-sent request does not hold up others.
+	slow, err := sf.NS.Dial("tcp", ps.Addr(3002), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(slow, "GET / HTTP/1.1\r\nHost: x\r\n")
+	if code, _, err := get("GET", "/", nil); err != nil || code != 200 {
+		t.Errorf("GET / beside a slow client: %d %v", code, err)
+	}
+	slow.Close()
+	// An upstream reset: 502, and the next request is fine.
+	req, _ := http.NewRequest("GET", base+"/", nil)
+	req.Header.Set("X-Reset", "1")
+	if resp, err := c.Do(req); err != nil || resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("GET / reset by the server: %v %v, want 502", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if code, _, err := get("GET", "/", nil); err != nil || code != 200 {
+		t.Errorf("GET / after a reset: %d %v", code, err)
+	}
+
+	checkHTTPFlows(t, n)
+}
+
+func checkHTTPFlows(t *testing.T, n *node.Node) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	var allowed, denied bool
+	for time.Now().Before(deadline) && !(allowed && denied) {
+		out, err := n.CLI("observe", "-o", "json", "--last", "1000", "--to-pod", "pets/product-service")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out)
+		}
+		out2, err := n.CLI("observe", "-o", "json", "--last", "1000", "--from-pod", "pets/product-service")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out2)
+		}
+		for _, line := range strings.Split(out+"\n"+out2, "\n") {
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var f flow.Flow
+			if err := protojson.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("decode %q: %v", line, err)
+			}
+			h := f.GetL7().GetHttp()
+			if h == nil {
+				continue
+			}
+			if f.GetL7().GetType() == flow.L7FlowType_RESPONSE && h.GetCode() == 200 && h.GetMethod() == "GET" && strings.HasSuffix(h.GetUrl(), "/") &&
+				len(f.GetEgressAllowedBy()) > 0 && f.GetEgressAllowedBy()[0].GetName() == "combined-fqdn-l7-policy" {
+				allowed = true
+			}
+			if f.GetVerdict() == flow.Verdict_DROPPED && h.GetMethod() == "POST" && len(f.GetEgressDeniedBy()) > 0 {
+				denied = true
+			}
+		}
+		if !(allowed && denied) {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !allowed {
+		t.Error("no HTTP RESPONSE flow GET / 200 naming combined-fqdn-l7-policy")
+	}
+	if !denied {
+		t.Error("no DROPPED HTTP flow for POST /")
+	}
+}
