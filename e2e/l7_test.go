@@ -179,6 +179,16 @@ func TestL7HTTP(t *testing.T) {
 	}
 
 	checkHTTPFlows(t, n)
+	metrics := scrapeMetrics(t, n)
+	for _, want := range []string{
+		`hubble_http_requests_total{destination_namespace="pets",destination_pod="product-service",method="GET",protocol="HTTP/1.1",reporter="client",source_namespace="pets",source_pod="store-front",status="200"}`,
+		`hubble_http_requests_total{destination_namespace="pets",destination_pod="product-service",method="POST",protocol="HTTP/1.1",reporter="client",source_namespace="pets",source_pod="store-front",status="403"}`,
+		`hubble_http_request_duration_seconds_bucket{`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
 
 func checkHTTPFlows(t *testing.T, n *node.Node) {

@@ -38,6 +38,8 @@ type Metrics struct {
 	dnsQ     *prometheus.CounterVec
 	dnsR     *prometheus.CounterVec
 	dnsTypes *prometheus.CounterVec
+	httpReq  *prometheus.CounterVec
+	httpDur  *prometheus.HistogramVec
 	observer *observe.Observer
 	maps     *bpf.Maps
 }
@@ -58,7 +60,12 @@ func New(maps *bpf.Maps, obs *observe.Observer) *Metrics {
 	m.dnsR = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_dns_responses_total", Help: "Number of DNS responses observed"}, dnsLabels)
 	m.dnsTypes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_dns_response_types_total", Help: "Number of DNS response types"},
 		append([]string{"type", "qtypes"}, contextLabels...))
-	m.reg.MustRegister(m.flows, m.drops, m.tcpFlags, m.verdicts, m.dnsQ, m.dnsR, m.dnsTypes, &nodeCollector{m: m})
+	m.httpReq = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_http_requests_total", Help: "Count of HTTP requests"},
+		append([]string{"method", "protocol", "status", "reporter"}, contextLabels...))
+	m.httpDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hubble_http_request_duration_seconds", Help: "Quantiles of HTTP request duration in seconds",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}},
+		append([]string{"method", "reporter"}, contextLabels...))
+	m.reg.MustRegister(m.flows, m.drops, m.tcpFlags, m.verdicts, m.dnsQ, m.dnsR, m.dnsTypes, m.httpReq, m.httpDur, &nodeCollector{m: m})
 	return m
 }
 
@@ -71,6 +78,17 @@ func (m *Metrics) Count(f *flow.Flow) {
 	c := ctxValues(f)
 	if d := f.GetL7().GetDns(); d != nil {
 		m.countDNS(f, d, c)
+		return
+	}
+	if h := f.GetL7().GetHttp(); h != nil {
+		m.flows.WithLabelValues(append([]string{"L7", "http", f.GetVerdict().String()}, c...)...).Inc()
+		// Counted on the response, as Hubble's http handler does, with the
+		// request's direction (client to server) as context.
+		if f.GetL7().GetType() == flow.L7FlowType_RESPONSE {
+			rc := ctxValues(reverse(f))
+			m.httpReq.WithLabelValues(append([]string{h.GetMethod(), h.GetProtocol(), fmt.Sprint(h.GetCode()), "client"}, rc...)...).Inc()
+			m.httpDur.WithLabelValues(append([]string{h.GetMethod(), "client"}, rc...)...).Observe(float64(f.GetL7().GetLatencyNs()) / 1e9)
+		}
 		return
 	}
 	m.flows.WithLabelValues(append([]string{"L3_L4", "to-endpoint", f.GetVerdict().String()}, c...)...).Inc()
