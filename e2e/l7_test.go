@@ -179,6 +179,15 @@ func TestL7HTTP(t *testing.T) {
 	}
 
 	checkHTTPFlows(t, n)
+	// aegis observe's HTTP filters, as hubble observe's.
+	out, err := n.CLI("observe", "--type", "l7", "--http-method", "POST", "--http-status", "4+", "--last", "50")
+	if err != nil || !strings.Contains(out, "http-response") || !strings.Contains(out, "403") || strings.Contains(out, " GET ") {
+		t.Errorf("aegis observe --http-method POST --http-status 4+: %v\n%s", err, out)
+	}
+	out, err = n.CLI("observe", "--http-path", "^/admin$", "--last", "50")
+	if err != nil || !strings.Contains(out, "/admin") || strings.Contains(out, "POST") {
+		t.Errorf("aegis observe --http-path ^/admin$: %v\n%s", err, out)
+	}
 	metrics := scrapeMetrics(t, n)
 	for _, want := range []string{
 		`hubble_http_requests_total{destination_namespace="pets",destination_pod="product-service",method="GET",protocol="HTTP/1.1",reporter="client",source_namespace="pets",source_pod="store-front",status="200"}`,

@@ -5,6 +5,8 @@ package hubble
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -191,11 +193,78 @@ func compileFilter(ff *flow.FlowFilter) (filter, error) {
 	if v := ff.GetIpVersion(); len(v) > 0 {
 		add(func(fl *flow.Flow) bool { return slices.Contains(v, fl.GetIP().GetIpVersion()) })
 	}
-	// Fields with no data yet (L7, FQDNs, services, workloads...) select
-	// nothing rather than everything: a flow without an HTTP part never
-	// matches an HTTP filter.
-	if len(ff.GetSourceFqdn())+len(ff.GetDestinationFqdn())+len(ff.GetDnsQuery())+len(ff.GetHttpMethod())+
-		len(ff.GetHttpPath())+len(ff.GetHttpUrl())+len(ff.GetHttpStatusCode())+len(ff.GetHttpHeader())+
+	// L7: DNS queries and HTTP requests from the proxies. Patterns are
+	// RE2, as in Hubble.
+	regexps := func(name string, exprs []string) ([]*regexp.Regexp, error) {
+		var out []*regexp.Regexp
+		for _, e := range exprs {
+			re, err := regexp.Compile(e)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", name, e, err)
+			}
+			out = append(out, re)
+		}
+		return out, nil
+	}
+	anyMatch := func(res []*regexp.Regexp, s string) bool {
+		return slices.ContainsFunc(res, func(re *regexp.Regexp) bool { return re.MatchString(s) })
+	}
+	if v := ff.GetDnsQuery(); len(v) > 0 {
+		res, err := regexps("dns_query", v)
+		if err != nil {
+			return nil, err
+		}
+		add(func(fl *flow.Flow) bool { d := fl.GetL7().GetDns(); return d != nil && anyMatch(res, d.GetQuery()) })
+	}
+	if v := ff.GetHttpMethod(); len(v) > 0 {
+		add(func(fl *flow.Flow) bool {
+			h := fl.GetL7().GetHttp()
+			return h != nil && slices.ContainsFunc(v, func(m string) bool { return strings.EqualFold(m, h.GetMethod()) })
+		})
+	}
+	for _, f := range []struct {
+		name  string
+		exprs []string
+		get   func(*flow.HTTP) string
+	}{{"http_path", ff.GetHttpPath(), func(h *flow.HTTP) string {
+		if u, err := url.Parse(h.GetUrl()); err == nil {
+			return u.Path
+		}
+		return ""
+	}}, {"http_url", ff.GetHttpUrl(), (*flow.HTTP).GetUrl}} {
+		if len(f.exprs) == 0 {
+			continue
+		}
+		res, err := regexps(f.name, f.exprs)
+		if err != nil {
+			return nil, err
+		}
+		get := f.get
+		add(func(fl *flow.Flow) bool { h := fl.GetL7().GetHttp(); return h != nil && anyMatch(res, get(h)) })
+	}
+	if v := ff.GetHttpStatusCode(); len(v) > 0 {
+		for _, s := range v {
+			if strings.Trim(strings.TrimSuffix(s, "+"), "0123456789") != "" || len(s) == 0 || len(s) > 3 {
+				return nil, fmt.Errorf("http_status_code %q: want a code (200) or a prefix (4+)", s)
+			}
+		}
+		add(func(fl *flow.Flow) bool {
+			h := fl.GetL7().GetHttp()
+			if h == nil || h.GetCode() == 0 {
+				return false
+			}
+			code := strconv.Itoa(int(h.GetCode()))
+			return slices.ContainsFunc(v, func(s string) bool {
+				if p, ok := strings.CutSuffix(s, "+"); ok {
+					return strings.HasPrefix(code, p)
+				}
+				return code == s
+			})
+		})
+	}
+	// Fields with no data yet (names of addresses, services, headers)
+	// select nothing rather than everything.
+	if len(ff.GetSourceFqdn())+len(ff.GetDestinationFqdn())+len(ff.GetHttpHeader())+
 		len(ff.GetSourceService())+len(ff.GetDestinationService()) > 0 {
 		add(func(*flow.Flow) bool { return false })
 	}

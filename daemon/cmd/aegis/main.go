@@ -34,7 +34,8 @@ Commands:
                               --dns-name: the query, on a port the DNS proxy handles
   observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P]
           [--from-ip IP] [--to-ip IP] [--protocol P] [--port N] [--label SEL] [--to-fqdn NAME]
-          [--drop-reason-desc R] [--type drop|trace] [--since 5m] [--last N] [--follow] [-o compact|json]
+          [--drop-reason-desc R] [--type drop|trace|l7] [--http-method M] [--http-path RE]
+          [--http-status 4+] [--dns-query RE] [--since 5m] [--last N] [--follow] [-o compact|json]
                               flows with verdicts through the Hubble API, like hubble observe
   fqdn cache list             addresses the DNS proxy learned for toFQDNs rules, with TTL left
   fqdn cache clean [--identity N]

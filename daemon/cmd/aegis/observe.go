@@ -59,17 +59,23 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 		ff.DropReasonDesc = append(ff.DropReasonDesc, flow.DropReason(v))
 		return nil
 	})
-	list("type", "event type: drop or trace", func(s string) error {
+	list("type", "event type: drop, trace or l7", func(s string) error {
 		switch s {
 		case "drop":
 			ff.EventType = append(ff.EventType, &flow.EventTypeFilter{Type: 1})
 		case "trace":
 			ff.EventType = append(ff.EventType, &flow.EventTypeFilter{Type: 4})
+		case "l7":
+			ff.EventType = append(ff.EventType, &flow.EventTypeFilter{Type: 129})
 		default:
-			return fmt.Errorf("unknown type %q: want drop or trace", s)
+			return fmt.Errorf("unknown type %q: want drop, trace or l7", s)
 		}
 		return nil
 	})
+	list("http-method", "HTTP requests with this method", str(&ff.HttpMethod))
+	list("http-path", "HTTP requests whose path matches this regular expression", str(&ff.HttpPath))
+	list("http-status", "HTTP responses with this code, or prefix (4+)", str(&ff.HttpStatusCode))
+	list("dns-query", "DNS queries whose name matches this regular expression", str(&ff.DnsQuery))
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}
@@ -189,7 +195,49 @@ func compact(f *flow.Flow) string {
 	if len(by) > 0 {
 		policyNote = " [policy " + strings.Join(by, ", ") + "]"
 	}
-	return fmt.Sprintf("%s: %s -> %s %s %s %s%s%s", f.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000"),
+	if l7 := l7Summary(f); l7 != "" {
+		// As hubble prints L7 flows: what the proxy saw, then the verdict.
+		point, proto, flags = l7, "", ""
+		verdict = f.GetVerdict().String() + " " + l7Detail(f)
+	}
+	return strings.Replace(fmt.Sprintf("%s: %s -> %s %s %s %s%s%s", f.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000"),
 		end(f.GetSource(), f.GetIP().GetSource(), sp), end(f.GetDestination(), f.GetIP().GetDestination(), dp),
-		point, proto, verdict, flags, policyNote)
+		point, proto, verdict, flags, policyNote), "  ", " ", 1)
+}
+
+// l7Summary names an L7 flow's kind as hubble does ("dns-request",
+// "http-response"), or "" for other flows.
+func l7Summary(f *flow.Flow) string {
+	l7 := f.GetL7()
+	if l7 == nil {
+		return ""
+	}
+	kind := "l7"
+	switch {
+	case l7.GetDns() != nil:
+		kind = "dns"
+	case l7.GetHttp() != nil:
+		kind = "http"
+	}
+	if l7.GetType() == flow.L7FlowType_RESPONSE {
+		return kind + "-response"
+	}
+	return kind + "-request"
+}
+
+func l7Detail(f *flow.Flow) string {
+	l7 := f.GetL7()
+	if d := l7.GetDns(); d != nil {
+		if l7.GetType() == flow.L7FlowType_RESPONSE {
+			return fmt.Sprintf("(DNS Answer %q TTL: %d (Proxy %s %s) RCode: %d)", strings.Join(d.GetIps(), ","), d.GetTtl(), d.GetQuery(), strings.Join(d.GetQtypes(), ","), d.GetRcode())
+		}
+		return fmt.Sprintf("(DNS Query %s %s)", d.GetQuery(), strings.Join(d.GetQtypes(), ","))
+	}
+	if h := l7.GetHttp(); h != nil {
+		if l7.GetType() == flow.L7FlowType_RESPONSE {
+			return fmt.Sprintf("(%s %d %dms (%s %s))", h.GetProtocol(), h.GetCode(), l7.GetLatencyNs()/1e6, h.GetMethod(), h.GetUrl())
+		}
+		return fmt.Sprintf("(%s %s %s)", h.GetProtocol(), h.GetMethod(), h.GetUrl())
+	}
+	return ""
 }
