@@ -179,6 +179,20 @@ func TestL7HTTP(t *testing.T) {
 	}
 
 	checkHTTPFlows(t, n)
+	// policy trace takes the request.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--http-method", "GET", "--http-path", "/"}, "FORWARDED"},
+		{[]string{"--http-method", "POST", "--http-path", "/"}, "403 Access denied"},
+		{[]string{"--http-path", "/admin"}, "403 Access denied"},
+	} {
+		out, err := n.CLI(append([]string{"policy", "trace", "--src", "pets/store-front", "--dst", "pets/product-service", "--port", "3002"}, tc.args...)...)
+		if err != nil || !strings.Contains(out, tc.want) {
+			t.Errorf("aegis policy trace %v: %v, want %q in\n%s", tc.args, err, tc.want, out)
+		}
+	}
 	// aegis observe's HTTP filters, as hubble observe's.
 	out, err := n.CLI("observe", "--type", "l7", "--http-method", "POST", "--http-status", "4+", "--last", "50")
 	if err != nil || !strings.Contains(out, "http-response") || !strings.Contains(out, "403") || strings.Contains(out, " GET ") {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/fqdn"
+	"github.com/aegis-cni/aegis/daemon/l7proxy"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
@@ -77,6 +79,11 @@ func (a *Agent) trace(v view, src, dst api.TracePeer, req api.TraceRequest, prot
 			if req.DNSName != "" {
 				step.Verdict, step.Reason, step.Rule = a.traceQuery(v, local, remote, proto, req.Port, req.DNSName)
 			}
+		case e.Action == policy.ActionRedirectL7:
+			step.Verdict, step.Reason, step.Rule = "proxied", "to the HTTP proxy, which allows the requests its HTTP rules match", RuleName(v.compiled.Rules[e.Cookie])
+			if req.HTTPMethod != "" || req.HTTPPath != "" {
+				step.Verdict, step.Reason, step.Rule = traceRequest(v, local, remote, req)
+			}
 		default:
 			if step.Reason == "" {
 				step.Reason = "allowed by rule"
@@ -116,6 +123,39 @@ func (a *Agent) traceQuery(v view, local, remote uint32, proto uint8, port uint1
 		return "denied", "the DNS proxy has no DNS rule for this server and port: the query is refused", ""
 	}
 	return "denied", fmt.Sprintf("no DNS rule matches %s: the DNS proxy answers REFUSED", fqdn.Normalize(name)), RuleName(v.compiled.Rules[rules[0].Cookie])
+}
+
+// traceRequest says what the HTTP proxy does with a request.
+func traceRequest(v view, local, remote uint32, req api.TraceRequest) (verdict, reason, rule string) {
+	method, path := req.HTTPMethod, req.HTTPPath
+	if method == "" {
+		method = http.MethodGet
+	}
+	if path == "" {
+		path = "/"
+	}
+	// The Host a client would send is not known here; rules on host do
+	// not match.
+	hr, err := http.NewRequest(method, "http://trace.invalid"+path, nil)
+	if err != nil {
+		return "denied", "not a request: " + err.Error(), ""
+	}
+	sets := v.compiled.HTTPRules(local, remote, req.Port)
+	for _, s := range sets {
+		if len(s.Rules) == 0 {
+			return "allowed", fmt.Sprintf("the HTTP proxy forwards %s %s (a rule without conditions)", method, path), RuleName(v.compiled.Rules[s.Cookie])
+		}
+		for _, r := range s.Rules {
+			c, err := l7proxy.Compile(r)
+			if err == nil && c.Matches(hr) {
+				return "allowed", fmt.Sprintf("the HTTP proxy forwards %s %s (matches method %q path %q)", method, path, r.Method, r.Path), RuleName(v.compiled.Rules[s.Cookie])
+			}
+		}
+	}
+	if len(sets) == 0 {
+		return "denied", "the HTTP proxy has no HTTP rule for this peer and port: 403 Access denied", ""
+	}
+	return "denied", fmt.Sprintf("no HTTP rule matches %s %s: 403 Access denied", method, path), RuleName(v.compiled.Rules[sets[0].Cookie])
 }
 
 // isName reports whether s is a DNS name rather than a pod, an address or

@@ -153,6 +153,10 @@ type TraceRequest struct {
 	// DNSName is the name of a DNS query, for a port the DNS proxy
 	// handles: the trace says whether its DNS rules allow it.
 	DNSName string `json:"dnsName,omitempty"`
+	// HTTPMethod and HTTPPath are a request, for a port the HTTP proxy
+	// handles: the trace says whether its HTTP rules allow it.
+	HTTPMethod string `json:"httpMethod,omitempty"`
+	HTTPPath   string `json:"httpPath,omitempty"`
 }
 
 // TracePeer is one end of a traced connection.

@@ -366,6 +366,8 @@ func cmdTrace(ctx context.Context, c *api.Client, argv []string) error {
 		fs.StringVar(&req.Source, "src", "", "source: NAMESPACE/POD, an IP address, world or host")
 		fs.StringVar(&req.Destination, "dst", "", "destination: NAMESPACE/POD, an IP address, world, host, or a DNS name (its learned addresses)")
 		fs.StringVar(&req.DNSName, "dns-name", "", "for a port the DNS proxy handles: the name queried, to say whether the DNS rules allow it")
+		fs.StringVar(&req.HTTPMethod, "http-method", "", "for a port the HTTP proxy handles: the request's method (default GET)")
+		fs.StringVar(&req.HTTPPath, "http-path", "", "for a port the HTTP proxy handles: the request's path (default /)")
 		fs.StringVar(&req.Protocol, "proto", "TCP", "protocol: TCP, UDP, SCTP or ICMP")
 		fs.UintVar(&port, "port", 0, "destination port")
 	})

@@ -28,10 +28,12 @@ Commands:
   policy get [--identity N | --endpoint CONTAINER | --pod NS/NAME]
                               compiled policy: the rules and the map entries
   policy trace --src PEER --dst PEER [--proto TCP] --port N [--dns-name NAME]
+               [--http-method M --http-path P]
                               verdict for a connection and the rule that decides it;
                               a PEER is NAMESPACE/POD, an IP address, world or host;
                               --dst may be a DNS name (the addresses learned for it);
-                              --dns-name: the query, on a port the DNS proxy handles
+                              --dns-name: the query, on a port the DNS proxy handles;
+                              --http-method/--http-path: the request, on a port the HTTP proxy handles
   observe [--verdict V] [--namespace NS] [--pod P] [--from-pod P] [--to-pod P]
           [--from-ip IP] [--to-ip IP] [--protocol P] [--port N] [--label SEL] [--to-fqdn NAME]
           [--drop-reason-desc R] [--type drop|trace|l7] [--http-method M] [--http-path RE]

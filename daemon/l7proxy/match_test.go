@@ -1,0 +1,78 @@
+package l7proxy
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
+)
+
+func req(method, target, host string, headers map[string]string) *http.Request {
+	u, _ := url.Parse(target)
+	r := &http.Request{Method: method, URL: u, Host: host, Header: http.Header{}}
+	for k, v := range headers {
+		r.Header.Set(k, v)
+	}
+	return r
+}
+
+func TestRuleMatches(t *testing.T) {
+	cases := []struct {
+		rule cnp.HTTPRule
+		r    *http.Request
+		want bool
+	}{
+		{cnp.HTTPRule{Method: "GET", Path: "/"}, req("GET", "/", "x", nil), true},
+		{cnp.HTTPRule{Method: "GET", Path: "/"}, req("POST", "/", "x", nil), false},
+		{cnp.HTTPRule{Method: "GET", Path: "/"}, req("GET", "/admin", "x", nil), false},
+		// Whole-value match: "GET" does not match "GETX", "/" not "/a".
+		{cnp.HTTPRule{Method: "GET"}, req("GETX", "/", "x", nil), false},
+		{cnp.HTTPRule{Method: "GET|HEAD"}, req("HEAD", "/", "x", nil), true},
+		{cnp.HTTPRule{Path: "/api/v[0-9]+/.*"}, req("GET", "/api/v2/items", "x", nil), true},
+		{cnp.HTTPRule{Path: "/api/v[0-9]+/.*"}, req("GET", "/x/api/v2/items", "x", nil), false},
+		// The path is matched without the query.
+		{cnp.HTTPRule{Path: "/search"}, req("GET", "/search?q=1", "x", nil), true},
+		{cnp.HTTPRule{Host: `.*\.example\.com`}, req("GET", "/", "www.example.com", nil), true},
+		{cnp.HTTPRule{Host: `.*\.example\.com`}, req("GET", "/", "example.org", nil), false},
+		{cnp.HTTPRule{Headers: []string{"X-Token"}}, req("GET", "/", "x", map[string]string{"x-token": "a"}), true},
+		{cnp.HTTPRule{Headers: []string{"X-Token"}}, req("GET", "/", "x", nil), false},
+		{cnp.HTTPRule{Headers: []string{"X-Env: prod"}}, req("GET", "/", "x", map[string]string{"X-Env": "prod"}), true},
+		{cnp.HTTPRule{Headers: []string{"X-Env: prod"}}, req("GET", "/", "x", map[string]string{"X-Env": "dev"}), false},
+		{cnp.HTTPRule{HeaderMatches: []cnp.HeaderMatch{{Name: "x-env", Value: "prod"}}}, req("GET", "/", "x", map[string]string{"X-Env": "prod"}), true},
+		{cnp.HTTPRule{HeaderMatches: []cnp.HeaderMatch{{Name: "x-env", Value: "prod"}}}, req("GET", "/", "x", map[string]string{"X-Env": "qa"}), false},
+		{cnp.HTTPRule{}, req("DELETE", "/anything", "x", nil), true},
+	}
+	for _, c := range cases {
+		r, err := Compile(c.rule)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Matches(c.r); got != c.want {
+			t.Errorf("%+v matches %s %s (host %s, %v): %v, want %v", c.rule, c.r.Method, c.r.URL, c.r.Host, c.r.Header, got, c.want)
+		}
+	}
+}
+
+func FuzzRule(f *testing.F) {
+	f.Add("GET", "/", "", "X-A: b", "GET", "/", "h", "X-A", "b")
+	f.Add("(", "[", "*", "", "POST", "/x", "", "", "")
+	f.Fuzz(func(t *testing.T, method, path, host, header, rm, rp, rh, hk, hv string) {
+		rule, err := Compile(cnp.HTTPRule{Method: method, Path: path, Host: host, Headers: []string{header}})
+		if err != nil {
+			return
+		}
+		u := &url.URL{Path: rp}
+		r := &http.Request{Method: rm, URL: u, Host: rh, Header: http.Header{}}
+		if hk != "" {
+			r.Header[http.CanonicalHeaderKey(hk)] = []string{hv}
+		}
+		got := rule.Matches(r)
+		// An empty rule part never decides against a request.
+		empty, _ := Compile(cnp.HTTPRule{})
+		if !empty.Matches(r) {
+			t.Fatal("the empty rule refused a request")
+		}
+		_ = got
+	})
+}
