@@ -4,9 +4,9 @@
 set -euo pipefail
 
 # Debian packages: clang/llvm/libbpf for `make generate`, iproute2 for the
-# namespace node, iperf3 and dnsperf for benchmarks, unbound as the e2e
+# namespace node, iperf3, dnsperf and wrk for benchmarks, unbound as the e2e
 # tests' "internet" resolver.
-packages=(clang llvm libbpf-dev bpftool iproute2 iptables iperf3 gcc-multilib unbound dnsperf)
+packages=(clang llvm libbpf-dev bpftool iproute2 iptables iperf3 gcc-multilib unbound dnsperf wrk)
 [ "${AEGIS_DEPS_EXTRA:-}" ] && read -r -a extra <<<"$AEGIS_DEPS_EXTRA" && packages+=("${extra[@]}")
 
 missing=()

@@ -62,9 +62,16 @@ type ctxKey int
 
 const (
 	keyDst ctxKey = iota
-	keyStart
+	keyConn
 	keyEvent
 )
+
+// connInfo is what the proxy knows of a pod's connection, looked up once
+// per connection rather than per request.
+type connInfo struct {
+	src, dst      netip.AddrPort
+	local, remote uint32
+}
 
 // New opens the listener.
 func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger) (*Proxy, error) {
@@ -142,8 +149,12 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			// The listener is transparent: the connection's local address
 			// is the one the pod connected to.
-			dst, _ := netip.ParseAddrPort(c.LocalAddr().String())
-			return context.WithValue(ctx, keyDst, netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()))
+			dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+			src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			ci := &connInfo{src: src, dst: dst, local: p.dp.LookupIPCache(src.Addr()), remote: p.dp.LookupIPCache(dst.Addr())}
+			return context.WithValue(context.WithValue(ctx, keyDst, dst), keyConn, ci)
 		},
 	}
 	return p, nil
@@ -169,10 +180,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 // ServeHTTP decides one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	dst, _ := r.Context().Value(keyDst).(netip.AddrPort)
-	src, _ := netip.ParseAddrPort(r.RemoteAddr)
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	local, remote := p.dp.LookupIPCache(src.Addr()), p.dp.LookupIPCache(dst.Addr())
+	ci, _ := r.Context().Value(keyConn).(*connInfo)
+	if ci == nil {
+		http.Error(w, "no connection", http.StatusInternalServerError)
+		return
+	}
+	src, dst, local, remote := ci.src, ci.dst, ci.local, ci.remote
 	ev := observe.HTTPEvent{Time: start, Src: src, Dst: dst, SrcIdentity: local, DstIdentity: remote,
 		Method: r.Method, URL: "http://" + r.Host + r.URL.RequestURI(), Protocol: r.Proto}
 	var sets []policy.HTTPRuleSet
@@ -196,8 +209,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.Allowed.Add(1)
+	// An allowed request is reported once, with its response (which
+	// carries the method and URL): the event stream costs as much as the
+	// proxying.
 	ev.Verdict, ev.Cookie = flow.Verdict_FORWARDED, cookie
-	p.emit(ev)
 	ctx := context.WithValue(r.Context(), keyEvent, &ev)
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }

@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aegis-cni/aegis/e2e/node"
+)
+
+// BenchmarkHTTPProxy measures HTTP through the L7 proxy (a rule allowing
+// GET /) against the same server straight, in one run, with wrk: requests
+// per second and p99 latency.
+func BenchmarkHTTPProxy(b *testing.B) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		b.Fatalf("wrk missing: run `make bench` (it installs it)")
+	}
+	n := node.New(b, node.Options{})
+	n.Apply("00-pods.yaml", node.NamespaceManifest("bench", nil)+"---\n"+
+		node.PodManifest("bench", "client", map[string]string{"app": "client"})+"---\n"+
+		node.PodManifest("bench", "web", map[string]string{"app": "web"}))
+	n.StartDaemon()
+	client := n.NewPod("bench", "client", nil)
+	web := n.NewPod("bench", "web", nil)
+	var ln net.Listener
+	if err := web.NS.Do(func() (err error) { ln, err = net.Listen("tcp4", web.Addr(8080)); return err }); err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("hello from web\n"))
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	url := "http://" + web.Addr(8080) + "/"
+
+	b.ResetTimer()
+	for range b.N {
+		directRPS, directP99 := runWrk(b, client, url)
+		n.Apply("10-http.yaml", `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: http, namespace: bench}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "/"}]}}]
+`)
+		proxyRPS, proxyP99 := runWrk(b, client, url)
+		n.Remove("10-http.yaml")
+		ratio := proxyRPS / directRPS
+		added := proxyP99 - directP99
+		b.ReportMetric(ratio, "rps_ratio")
+		b.ReportMetric(float64(added.Microseconds()), "added_p99_us")
+		verdict := func(ok bool) string {
+			if ok {
+				return "meets"
+			}
+			return "MISSES"
+		}
+		fmt.Fprintf(os.Stdout, "\nhttp direct:  %.0f req/s, p99 %v\nhttp proxied: %.0f req/s, p99 %v\n", directRPS, directP99, proxyRPS, proxyP99)
+		fmt.Fprintf(os.Stdout, "http proxy: rps ratio %.2f (target >= 0.5: %s), added p99 %v (target <= 2ms: %s)\n",
+			ratio, verdict(ratio >= 0.5), added, verdict(added <= 2*time.Millisecond))
+	}
+}
+
+var (
+	rpsRe = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	p99Re = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+)
+
+// runWrk runs wrk for 5s from inside the client and returns requests per
+// second and the p99 latency; it fails on any non-2xx answer or socket
+// error.
+func runWrk(b *testing.B, client *node.Pod, url string) (float64, time.Duration) {
+	out, err := client.NS.Exec(30*time.Second, "wrk", "-t", "2", "-c", "16", "-d", "5s", "--latency", url)
+	if err != nil {
+		b.Fatalf("wrk: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "Non-2xx") || strings.Contains(out, "Socket errors") {
+		b.Fatalf("wrk saw errors:\n%s", out)
+	}
+	m := rpsRe.FindStringSubmatch(out)
+	l := p99Re.FindStringSubmatch(out)
+	if m == nil || l == nil {
+		b.Fatalf("wrk output without a rate or p99:\n%s", out)
+	}
+	rps, _ := strconv.ParseFloat(m[1], 64)
+	v, _ := strconv.ParseFloat(l[1], 64)
+	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[l[2]]
+	return rps, time.Duration(v * float64(unit))
+}
