@@ -29,7 +29,8 @@ build:
 # into the cache: the CNI reference plugins at the version go.mod pins, and
 # the real Azure CNI (azure-vnet v1.7.0) with its CNS stand-in; and the real
 # kube-apiserver v1.37.2 with Debian's etcd for the Kubernetes API source;
-# and the stock hubble CLI, which must work against aegisd unchanged.
+# and the stock hubble CLI and hubble-relay, which must work against aegisd
+# unchanged.
 peers:
 	@if [ -x $(CNI_PLUGINS)/ptp ] && [ -x $(CNI_PLUGINS)/host-local ]; then \
 		echo "peers: CNI reference plugins v1.9.1 cached in $(CNI_PLUGINS)"; \
@@ -42,6 +43,7 @@ peers:
 	@./scripts/build-azure-vnet.sh
 	@AEGIS_KUBECTL=0 ./scripts/build-kube-apiserver.sh
 	@./scripts/build-hubble-cli.sh
+	@./scripts/build-hubble-relay.sh
 	@./scripts/build-coredns.sh
 
 generate:

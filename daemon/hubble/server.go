@@ -2,14 +2,19 @@ package hubble
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
 	"github.com/cilium/cilium/api/v1/observer"
+	peerpb "github.com/cilium/cilium/api/v1/peer"
+	"github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -32,6 +37,8 @@ type Server struct {
 	node    string
 	version string
 	started time.Time
+	address string // advertised TCP address; empty without one
+	tls     bool
 }
 
 // NewServer returns the Observer service of this node.
@@ -39,14 +46,26 @@ func NewServer(flows *observe.Observer, node, version string) *Server {
 	return &Server{flows: flows, node: node, version: version, started: time.Now()}
 }
 
-// Serve listens on a root-only unix socket until ctx ends.
-func (s *Server) Serve(ctx context.Context, socket string) error {
+// ServeUnix serves the API on a root-only unix socket until ctx ends.
+func (s *Server) ServeUnix(ctx context.Context, socket string) error {
 	ln, err := api.ListenRootOnly(socket)
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer()
+	return s.Serve(ctx, ln, nil)
+}
+
+// Serve serves the Observer, Peer and health services on ln until ctx
+// ends: over TLS with tlsConf, in plain text without (a unix socket, or
+// TCP where the operator chose it).
+func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) error {
+	var opts []grpc.ServerOption
+	if tlsConf != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
+	}
+	g := grpc.NewServer(opts...)
 	observer.RegisterObserverServer(g, s)
+	peerpb.RegisterPeerServer(g, &peerService{s: s})
 	// `hubble status` asks the standard health service first.
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -55,9 +74,16 @@ func (s *Server) Serve(ctx context.Context, socket string) error {
 	healthpb.RegisterHealthServer(g, hs)
 	go func() { <-ctx.Done(); g.Stop() }()
 	if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve hubble API on %s: %w", socket, err)
+		return fmt.Errorf("serve hubble API on %s: %w", ln.Addr(), err)
 	}
 	return nil
+}
+
+// Advertise sets where hubble-relay reaches this node's API (host:port of
+// the TCP listener) and whether it speaks TLS there, for the Peer service
+// and GetNodes. Call it before serving.
+func (s *Server) Advertise(address string, tls bool) {
+	s.address, s.tls = address, tls
 }
 
 // GetFlows sends stored flows that pass the filters (the last `number`, or
@@ -155,13 +181,21 @@ func (s *Server) ServerStatus(context.Context, *observer.ServerStatusRequest) (*
 // GetNodes lists this node: aegisd serves one node; hubble-relay joins them.
 func (s *Server) GetNodes(context.Context, *observer.GetNodesRequest) (*observer.GetNodesResponse, error) {
 	st := s.flows.Stats()
-	return &observer.GetNodesResponse{Nodes: []*observer.Node{{
+	n := &observer.Node{
 		Name:      s.node,
 		Version:   "aegis " + s.version,
-		State:     0, // NODE_CONNECTED
+		Address:   s.address,
+		State:     relay.NodeState_NODE_CONNECTED,
 		UptimeNs:  uint64(time.Since(s.started)),
 		NumFlows:  uint64(st.Stored),
 		MaxFlows:  uint64(st.Capacity),
 		SeenFlows: st.Seen,
-	}}}, nil
+	}
+	if s.address != "" {
+		n.Tls = &observer.TLS{Enabled: s.tls}
+		if s.tls {
+			n.Tls.ServerName = TLSServerName(s.node)
+		}
+	}
+	return &observer.GetNodesResponse{Nodes: []*observer.Node{n}}, nil
 }

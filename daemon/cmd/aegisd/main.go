@@ -23,7 +23,6 @@ import (
 	"github.com/aegis-cni/aegis/daemon/agent"
 	"github.com/aegis-cni/aegis/daemon/api"
 	"github.com/aegis-cni/aegis/daemon/flowlog"
-	"github.com/aegis-cni/aegis/daemon/hubble"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/metrics"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -41,7 +40,7 @@ type options struct {
 	logLevel        slog.Level
 	summaryInterval time.Duration
 	flowCapacity    int
-	hubbleSocket    string
+	hubble          hubbleOptions
 	flowLogFile     string
 	flowLogMaxMB    int
 	flowLogBackups  int
@@ -77,7 +76,7 @@ func parseFlags(argv []string) (*options, error) {
 	fs.Func("log-level", "debug, info, warn or error (default info)", func(s string) error {
 		return o.logLevel.UnmarshalText([]byte(s))
 	})
-	fs.StringVar(&o.hubbleSocket, "hubble-socket", hubble.DefaultSocket, "unix socket of the Hubble Observer API (root only); empty disables it")
+	o.hubble.register(fs)
 	fs.StringVar(&o.flowLogFile, "flow-log-file", flowlog.DefaultPath, "flow log file for the flows ContainerNetworkLog objects select; empty disables flow logs")
 	fs.IntVar(&o.flowLogMaxMB, "flow-log-max-size", 50, "rotate the flow log at this many MiB")
 	fs.IntVar(&o.flowLogBackups, "flow-log-backups", 5, "rotated flow log files to keep")
@@ -100,6 +99,9 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if o.flowLogMaxMB < 1 || o.flowLogBackups < 0 {
 		return nil, fmt.Errorf("--flow-log-max-size must be at least 1 and --flow-log-backups at least 0")
+	}
+	if err := o.hubble.validate(); err != nil {
+		return nil, err
 	}
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
@@ -161,6 +163,9 @@ func run(ctx context.Context, o *options) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	// client-go logs through klog: one log stream, one format.
 	klog.SetSlogLogger(log)
+	if err := o.hubble.loadTLS(log); err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{
 		NodeName: o.nodeName, BPFRoot: o.bpfRoot, StateDir: o.stateDir,
 		NodeIPs: o.nodeIPs, SummaryInterval: o.summaryInterval, Log: log,
@@ -219,13 +224,8 @@ func run(ctx context.Context, o *options) error {
 		a.SetFlowLog(exp, o.flowLogFile)
 		go exp.Run(ctx, obs)
 	}
-	if o.hubbleSocket != "" {
-		srv := hubble.NewServer(obs, o.nodeName, agent.Version)
-		go func() {
-			if err := srv.Serve(ctx, o.hubbleSocket); err != nil {
-				errc <- err
-			}
-		}()
+	if err := startHubble(ctx, &o.hubble, obs, o.nodeName, o.nodeIPs, log, errc); err != nil {
+		return err
 	}
 	go a.Run(ctx)
 	select {
