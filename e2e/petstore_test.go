@@ -271,7 +271,52 @@ func TestPetStoreKubeAPI(t *testing.T) {
 			t.Errorf("%s: events %q, want %s saying %q", tc.name, got, tc.reason, tc.says)
 		}
 	}
+
+	// kubectl describe containernetworklog says whether each one is in
+	// force, as on ACNS; a broken one does not disturb the other.
+	cnls := kc.Dynamic.Resource(cnlGVR)
+	for _, tc := range []struct{ name, spec, state, says string }{
+		{"pets-flows", `{includefilters: [{name: pets, from: {namespacedPod: [pets/]}, protocol: [tcp, dns], verdict: [forwarded, dropped]}]}`, "CONFIGURED", ""},
+		{"bad-protocol", `{includefilters: [{name: x, protocol: [sctp]}]}`, "FAILED", "sctp"},
+	} {
+		js, err := yaml.YAMLToJSON([]byte("apiVersion: acn.azure.com/v1alpha1\nkind: ContainerNetworkLog\nmetadata: {name: " + tc.name + "}\nspec: " + tc.spec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(js); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cnls.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct{ name, state, says string }{{"pets-flows", "CONFIGURED", ""}, {"bad-protocol", "FAILED", "sctp"}} {
+		var state, reason, stamp string
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			u, err := cnls.Get(ctx, tc.name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			state, _, _ = unstructured.NestedString(u.Object, "status", "state")
+			reason, _, _ = unstructured.NestedString(u.Object, "status", "error")
+			stamp, _, _ = unstructured.NestedString(u.Object, "status", "timestamp")
+			if state == tc.state {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if state != tc.state || !strings.Contains(reason, tc.says) || (tc.says == "" && reason != "") {
+			t.Errorf("ContainerNetworkLog %s: status state %q error %q, want %s with %q", tc.name, state, reason, tc.state, tc.says)
+		}
+		if _, err := time.Parse(time.RFC3339, stamp); err != nil {
+			t.Errorf("ContainerNetworkLog %s: status timestamp %q: %v", tc.name, stamp, err)
+		}
+	}
 }
+
+var cnlGVR = schema.GroupVersionResource{Group: "acn.azure.com", Version: "v1alpha1", Resource: "containernetworklogs"}
 
 // runPetStore is the workshop's first half on a node whose daemon runs and
 // knows the pet-store pods.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/aegis-cni/aegis/daemon/flowlog"
 	"github.com/aegis-cni/aegis/daemon/k8s"
 	"github.com/aegis-cni/aegis/daemon/manifests"
 	"github.com/aegis-cni/aegis/daemon/policy"
@@ -17,12 +18,16 @@ type source struct {
 	kind, location string
 	run            func(context.Context, func(*manifests.Snapshot, []manifests.FileError)) error
 	report         func(*manifests.Snapshot, error)
+	// logStatus publishes the ContainerNetworkLogs' verdicts where the
+	// source can hold them (the objects' status in the API).
+	logStatus func(context.Context, []flowlog.Status)
 }
 
 func newSource(o *options, log *slog.Logger) (*source, error) {
 	if o.manifests != "" {
 		w := manifests.NewWatcher(o.manifests, manifests.WithNetworkPolicyValidator(policy.Validate), manifests.WithObjectValidator(validateObject))
-		return &source{kind: "manifests", location: o.manifests, run: w.Run, report: func(*manifests.Snapshot, error) {}}, nil
+		return &source{kind: "manifests", location: o.manifests, run: w.Run,
+			report: func(*manifests.Snapshot, error) {}, logStatus: func(context.Context, []flowlog.Status) {}}, nil
 	}
 	cfg, err := k8s.RESTConfig(o.kubeconfig)
 	if err != nil {
@@ -50,7 +55,14 @@ func newSource(o *options, log *slog.Logger) (*source, error) {
 			s.Report(u.GetKind(), u.GetNamespace(), u.GetName(), err, unsupported...)
 		}
 	}
-	return &source{kind: "kubernetes", location: s.Location(), run: s.Run, report: report}, nil
+	logStatus := func(ctx context.Context, sts []flowlog.Status) {
+		for _, st := range sts {
+			if err := s.SetLogStatus(ctx, st.Name, st.State, st.Reason); err != nil && ctx.Err() == nil {
+				log.Warn("ContainerNetworkLog status not written", "name", st.Name, "err", err)
+			}
+		}
+	}
+	return &source{kind: "kubernetes", location: s.Location(), run: s.Run, report: report, logStatus: logStatus}, nil
 }
 
 func isCilium(u *unstructured.Unstructured) bool {
