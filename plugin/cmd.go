@@ -71,7 +71,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	tRegistered := time.Now()
 	paths := bpf.Paths{Root: conf.BPFRoot}
-	if err := bpf.Attach(paths, bpf.Attachment{ContainerID: args.ContainerID, IfName: args.IfName, HostIfindex: link.hostIfindex}); err != nil {
+	err = noRPFilter(link.hostIfName)
+	if err == nil {
+		err = bpf.Attach(paths, bpf.Attachment{ContainerID: args.ContainerID, IfName: args.IfName, HostIfindex: link.hostIfindex})
+	}
+	if err != nil {
 		log.Error("attach programs", "err", err)
 		// Leave nothing behind: the runtime may never call DEL.
 		if derr := client.DeleteEndpoint(ctx, args.ContainerID, args.IfName); derr != nil {
@@ -82,6 +86,18 @@ func cmdAdd(args *skel.CmdArgs) error {
 	log.Info("attached", "host", link.hostIfName, "ifindex", link.hostIfindex, "identity", resp.Identity, "endpoint", resp.ID,
 		"find", tFound.Sub(start), "register", tRegistered.Sub(tFound), "attach", time.Since(tRegistered))
 	return printPrevResult(conf)
+}
+
+// noRPFilter turns the reverse path filter off on the host veth: the
+// datapath bounces connections into the pod that go to the HTTP proxy to
+// this veth's ingress with the client's source address, which a strict
+// filter would drop. The pod's own packets are judged by the datapath's
+// policy, not by the route back to their source.
+func noRPFilter(hostIf string) error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostIf+"/rp_filter", []byte("0\n"), 0o644); err != nil {
+		return fmt.Errorf("turn off rp_filter on %s: %w", hostIf, err)
+	}
+	return nil
 }
 
 // printPrevResult passes the primary plugin's result on unchanged: the

@@ -6,6 +6,10 @@
 SEC("tcx/ingress")
 int aegis_from_pod(struct __sk_buff *skb)
 {
+	/* Before anything else: a packet to the pod that aegis_to_pod sent
+	 * back for the HTTP proxy. The pod's own packets carry no mark. */
+	if (is_bounced(skb))
+		return handle_bounced(skb);
 	return handle_packet(skb, DIR_EGRESS);
 }
 

@@ -130,10 +130,14 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		if (verdict.action == ACTION_DENY && !verdict.cookie)
 			verdict.cookie = default_cookie;
 	}
-	/* Redirection is for the pod's own packets (tc ingress), where the
-	 * socket can be assigned. */
+	/* DNS is redirected on the pod's own packets only; HTTP both ways
+	 * (traffic to the pod is bounced, see proxy.h), except the proxy's
+	 * own connection to the server: the proxy judged its requests on both
+	 * sides already. */
 	__u8 redirect = 0;
 	if (dir == DIR_EGRESS && (verdict.action == ACTION_REDIRECT_DNS || verdict.action == ACTION_REDIRECT_L7))
+		redirect = verdict.action;
+	if (dir == DIR_INGRESS && verdict.action == ACTION_REDIRECT_L7 && !from_proxy_upstream(skb))
 		redirect = verdict.action;
 	if (verdict.action == ACTION_DENY) {
 		if (e)
@@ -166,12 +170,33 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action, __u8 dir,
 				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
 {
+	if (dir == DIR_INGRESS) {
+		count(REASON_FORWARDED, dir, t->len);
+		return bounce_to_proxy(skb);
+	}
 	int reason = redirect_to_proxy(skb, t, action);
 
 	if (reason)
 		return drop(skb, t, reason, dir, src_id, dst_id, cookie, now);
 	count(REASON_FORWARDED, dir, t->len);
 	return TCX_PASS;
+}
+
+/* handle_bounced takes a packet of a connection into the pod that its
+ * to-pod hook judged and bounced (to_proxy): it was accounted there, so it
+ * only goes to the proxy here. */
+static __always_inline int handle_bounced(struct __sk_buff *skb)
+{
+	struct tuple t = {};
+	int reason = DROP_CT_INVALID_HDR;
+
+	if (parse_packet(skb, &t) == PARSE_OK)
+		reason = assign_bounced(skb, &t);
+	if (!reason)
+		return TCX_PASS;
+	struct endpoint_info *ep = lookup_endpoint(skb->ifindex);
+	return drop(skb, &t, reason, DIR_INGRESS, ipcache_identity_v4(t.saddr), ep ? ep->identity : 0, 0,
+		    bpf_ktime_get_ns());
 }
 
 #endif

@@ -1,19 +1,39 @@
-/* Transparent redirection of a pod's traffic to aegisd's proxies (the DNS
- * proxy today), and the addresses the DNS proxy learned for toFQDNs rules.
+/* Transparent redirection of traffic to aegisd's proxies (DNS and HTTP),
+ * and the addresses the DNS proxy learned for toFQDNs rules.
  *
  * Redirection assigns the packet to the proxy's socket with bpf_sk_assign
  * (tc ingress of the host veth: the pod's own packets) and marks it, so the
  * node's policy routing (fwmark PROXY_MARK, a local route) delivers it
  * locally instead of forwarding it. The proxy's sockets are IP_TRANSPARENT:
- * they see the original destination, and answer from it. */
+ * they see the original destination, and answer from it.
+ *
+ * Traffic to a pod (tc egress of its host veth) cannot be assigned to a
+ * socket there: the kernel allows bpf_sk_assign at ingress only. Such a
+ * packet is bounced instead: marked PROXY_BOUNCE_MARK and redirected to the
+ * ingress of the same veth, where aegis_from_pod assigns it. A pod cannot
+ * forge the mark: crossing from the pod's namespace scrubs skb->mark.
+ *
+ * The bounced packet arrives on the destination's veth with the client's
+ * source address, so the node's reverse path filter must not be strict
+ * there (rp_filter 0 or 2 on the veth and in conf/all; the kernel takes the
+ * larger): Cilium runs its pod interfaces with rp_filter 0 for the same
+ * reason, and aegis-cni turns it off on each host veth it attaches to. */
 #ifndef AEGIS_PROXY_H
 #define AEGIS_PROXY_H
 
 #include "common.h"
 #include "parse.h"
 
+/* skb->mark values in the nibble Aegis owns (PROXY_MARK_MASK): to a
+ * proxy socket (the fwmark rule matches it), bounced to the host veth's
+ * ingress on the way to a proxy, and sent by the HTTP proxy to a server
+ * (SO_MARK of its upstream sockets, l7proxy.UpstreamMark). */
 #define PROXY_MARK 0x0a00
+#define PROXY_UPSTREAM_MARK 0x0b00
+#define PROXY_BOUNCE_MARK 0x0c00
 #define PROXY_MARK_MASK 0x0f00
+
+#define PACKET_HOST 0
 
 /* Where the proxies listen on the node (0: not running). */
 struct proxy_config {
@@ -110,6 +130,39 @@ static __always_inline int redirect_to_proxy(struct __sk_buff *skb, const struct
 	if (ret)
 		return DROP_SOCKET_ASSIGN;
 	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
+	return 0;
+}
+
+/* bounce_to_proxy sends a packet on its way into a pod back to the ingress
+ * of the same host veth, for aegis_from_pod to hand to the HTTP proxy. */
+static __always_inline int bounce_to_proxy(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_BOUNCE_MARK;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline int is_bounced(const struct __sk_buff *skb)
+{
+	return (skb->mark & PROXY_MARK_MASK) == PROXY_BOUNCE_MARK;
+}
+
+static __always_inline int from_proxy_upstream(const struct __sk_buff *skb)
+{
+	return (skb->mark & PROXY_MARK_MASK) == PROXY_UPSTREAM_MARK;
+}
+
+/* assign_bounced hands a bounced packet to the HTTP proxy; 0 on success,
+ * else the drop reason. The packet still carries the pod's MAC as its
+ * destination (it was on its way out of the veth): the stack would take it
+ * for another host's and drop it. */
+static __always_inline int assign_bounced(struct __sk_buff *skb, const struct tuple *t)
+{
+	int reason = redirect_to_proxy(skb, t, ACTION_REDIRECT_L7);
+
+	if (reason)
+		return reason;
+	if (bpf_skb_change_type(skb, PACKET_HOST))
+		return DROP_INVALID;
 	return 0;
 }
 

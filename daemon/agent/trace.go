@@ -82,7 +82,7 @@ func (a *Agent) trace(v view, src, dst api.TracePeer, req api.TraceRequest, prot
 		case e.Action == policy.ActionRedirectL7:
 			step.Verdict, step.Reason, step.Rule = "proxied", "to the HTTP proxy, which allows the requests its HTTP rules match", RuleName(v.compiled.Rules[e.Cookie])
 			if req.HTTPMethod != "" || req.HTTPPath != "" {
-				step.Verdict, step.Reason, step.Rule = traceRequest(v, local, remote, req)
+				step.Verdict, step.Reason, step.Rule = traceRequest(v, local, remote, dir, req)
 			}
 		default:
 			if step.Reason == "" {
@@ -125,8 +125,9 @@ func (a *Agent) traceQuery(v view, local, remote uint32, proto uint8, port uint1
 	return "denied", fmt.Sprintf("no DNS rule matches %s: the DNS proxy answers REFUSED", fqdn.Normalize(name)), RuleName(v.compiled.Rules[rules[0].Cookie])
 }
 
-// traceRequest says what the HTTP proxy does with a request.
-func traceRequest(v view, local, remote uint32, req api.TraceRequest) (verdict, reason, rule string) {
+// traceRequest says what the HTTP rules of local's side (dir) make of a
+// request; the proxy lets it through only if every side with rules does.
+func traceRequest(v view, local, remote uint32, dir policy.Direction, req api.TraceRequest) (verdict, reason, rule string) {
 	method, path := req.HTTPMethod, req.HTTPPath
 	if method == "" {
 		method = http.MethodGet
@@ -140,7 +141,7 @@ func traceRequest(v view, local, remote uint32, req api.TraceRequest) (verdict, 
 	if err != nil {
 		return "denied", "not a request: " + err.Error(), ""
 	}
-	sets := v.compiled.HTTPRules(local, remote, req.Port)
+	sets := v.compiled.HTTPRules(local, remote, dir, req.Port)
 	for _, s := range sets {
 		if len(s.Rules) == 0 {
 			return "allowed", fmt.Sprintf("the HTTP proxy forwards %s %s (a rule without conditions)", method, path), RuleName(v.compiled.Rules[s.Cookie])

@@ -38,6 +38,8 @@ type Tables struct {
 	DNS  map[uint32][]policy.DNSRule     `json:"dns"`
 	FQDN map[uint32][]policy.FQDNRule    `json:"fqdn"`
 	HTTP map[uint32][]policy.HTTPRuleSet `json:"http"`
+	// HTTPIngress: absent in tables an older aegisd wrote, which had none.
+	HTTPIngress map[uint32][]policy.HTTPRuleSet `json:"httpIngress,omitempty"`
 }
 
 // Status is what the control socket says about the proxy.
@@ -100,7 +102,7 @@ func LoadTables(path string) (*policy.Result, error) {
 	if err != nil || !found {
 		return nil, err
 	}
-	return &policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP}, nil
+	return &policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP, HTTPIngress: t.HTTPIngress}, nil
 }
 
 // ServeControl serves the control API on socket until ctx ends.
@@ -139,7 +141,7 @@ func ServeControl(ctx context.Context, socket, tablesPath, version string, args 
 			reply(w, nil, err)
 			return
 		}
-		setPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP})
+		setPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP, HTTPIngress: t.HTTPIngress})
 		reply(w, struct{}{}, nil)
 	})
 	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {
@@ -246,7 +248,7 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 func (c *Client) SetPolicy(res *policy.Result) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return c.do(ctx, http.MethodPut, "/v1/tables", nil, Tables{DNS: res.DNS, FQDN: res.FQDN, HTTP: res.HTTP}, nil)
+	return c.do(ctx, http.MethodPut, "/v1/tables", nil, Tables{DNS: res.DNS, FQDN: res.FQDN, HTTP: res.HTTP, HTTPIngress: res.HTTPIngress}, nil)
 }
 
 // FQDNCache lists what the proxy learned.

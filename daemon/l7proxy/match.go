@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/daemon/policy/cnp"
@@ -98,22 +99,81 @@ func ruleKey(r cnp.HTTPRule) string {
 	return b.String()
 }
 
+// matcher compiles rules once and keeps them: the same rules serve every
+// request of every connection.
+type matcher struct {
+	rules sync.Map // ruleKey -> *Rule
+}
+
+// Decision is the verdict on one request.
+type Decision struct {
+	Allowed bool
+	// Dir is the side whose rules decided: the one that denied, else
+	// egress when the source's egress rules applied, else ingress.
+	Dir policy.Direction
+	// Cookie names the rule set that allowed the request (of Dir's side),
+	// or the first one of the side that denied it; 0 when no rule covered
+	// the connection.
+	Cookie uint32
+}
+
+// Decide judges a request on a connection from the identity src to the
+// identity dst on port. The datapath hands the proxy a connection when the
+// source's egress policy or the destination's ingress policy asks for HTTP
+// rules on it; each side with rules for the connection must let the
+// request through (the proxy's own connection upstream is not judged
+// again), so the rules of both apply. A connection no rule covers gets
+// nothing through.
+func Decide(res *policy.Result, src, dst uint32, port uint16, r *http.Request) Decision {
+	var m matcher
+	return m.decide(res, src, dst, port, r)
+}
+
+func (m *matcher) decide(res *policy.Result, src, dst uint32, port uint16, r *http.Request) Decision {
+	if res == nil {
+		return Decision{Dir: policy.Egress}
+	}
+	eg := res.HTTPRules(src, dst, policy.Egress, port)
+	in := res.HTTPRules(dst, src, policy.Ingress, port)
+	if len(eg) == 0 && len(in) == 0 {
+		return Decision{Dir: policy.Egress}
+	}
+	d := Decision{Allowed: true, Dir: policy.Ingress}
+	if len(eg) > 0 {
+		cookie, ok := m.match(eg, r)
+		if !ok {
+			return Decision{Dir: policy.Egress, Cookie: eg[0].Cookie}
+		}
+		d = Decision{Allowed: true, Dir: policy.Egress, Cookie: cookie}
+	}
+	if len(in) > 0 {
+		cookie, ok := m.match(in, r)
+		if !ok {
+			return Decision{Dir: policy.Ingress, Cookie: in[0].Cookie}
+		}
+		if len(eg) == 0 {
+			d.Cookie = cookie
+		}
+	}
+	return d
+}
+
 // match returns the cookie of the first rule set with a rule matching r.
 // Rules of one set are ORed; a set without rules allows every request.
-func (p *Proxy) match(sets []policy.HTTPRuleSet, r *http.Request) (uint32, bool) {
+func (m *matcher) match(sets []policy.HTTPRuleSet, r *http.Request) (uint32, bool) {
 	for _, s := range sets {
 		if len(s.Rules) == 0 {
 			return s.Cookie, true
 		}
 		for _, rule := range s.Rules {
 			k := ruleKey(rule)
-			v, ok := p.rules.Load(k)
+			v, ok := m.rules.Load(k)
 			if !ok {
 				c, err := Compile(rule)
 				if err != nil {
 					continue // validated when the policy was read; a rule that does not compile allows nothing
 				}
-				v, _ = p.rules.LoadOrStore(k, c)
+				v, _ = m.rules.LoadOrStore(k, c)
 			}
 			if v.(*Rule).Matches(r) {
 				return s.Cookie, true

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,7 +52,7 @@ type Proxy struct {
 	ln      net.Listener
 	srv     *http.Server
 	rp      *httputil.ReverseProxy
-	rules   sync.Map // *cnpRuleKey -> compiled
+	m       matcher
 	Allowed atomic.Uint64
 	Denied  atomic.Uint64
 }
@@ -69,9 +68,17 @@ const (
 // connInfo is what the proxy knows of a pod's connection, looked up once
 // per connection rather than per request.
 type connInfo struct {
-	src, dst      netip.AddrPort
-	local, remote uint32
+	src, dst     netip.AddrPort
+	srcID, dstID uint32
 }
+
+// UpstreamMark marks the proxy's connections to servers (PROXY_UPSTREAM_MARK
+// in bpf/src/proxy.h): the datapath does not hand them to the proxy again
+// when the server's ingress policy has HTTP rules, since the proxy judged
+// the request on both sides already. It lies in the nibble Aegis owns
+// (PROXY_MARK_MASK) and differs from PROXY_MARK, so policy routing leaves
+// these packets alone.
+const UpstreamMark = 0x0b00
 
 // New opens the listener.
 func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger) (*Proxy, error) {
@@ -112,7 +119,18 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 		// whatever the request's Host says.
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			dst, _ := ctx.Value(keyDst).(netip.AddrPort)
-			var d net.Dialer
+			d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				if err := c.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, UpstreamMark)
+				}); err != nil {
+					return err
+				}
+				if serr != nil {
+					return fmt.Errorf("mark upstream socket: %w", serr)
+				}
+				return nil
+			}}
 			return d.DialContext(ctx, "tcp4", dst.String())
 		},
 		MaxIdleConnsPerHost:   64,
@@ -153,7 +171,7 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 			dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 			src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			ci := &connInfo{src: src, dst: dst, local: p.dp.LookupIPCache(src.Addr()), remote: p.dp.LookupIPCache(dst.Addr())}
+			ci := &connInfo{src: src, dst: dst, srcID: p.dp.LookupIPCache(src.Addr()), dstID: p.dp.LookupIPCache(dst.Addr())}
 			return context.WithValue(context.WithValue(ctx, keyDst, dst), keyConn, ci)
 		},
 	}
@@ -185,20 +203,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no connection", http.StatusInternalServerError)
 		return
 	}
-	src, dst, local, remote := ci.src, ci.dst, ci.local, ci.remote
-	ev := observe.HTTPEvent{Time: start, Src: src, Dst: dst, SrcIdentity: local, DstIdentity: remote,
+	ev := observe.HTTPEvent{Time: start, Src: ci.src, Dst: ci.dst, SrcIdentity: ci.srcID, DstIdentity: ci.dstID,
 		Method: r.Method, URL: "http://" + r.Host + r.URL.RequestURI(), Protocol: r.Proto}
-	var sets []policy.HTTPRuleSet
-	if res := p.res.Load(); res != nil {
-		sets = res.HTTPRules(local, remote, dst.Port())
+	d := p.m.decide(p.res.Load(), ci.srcID, ci.dstID, ci.dst.Port(), r)
+	ev.Direction, ev.Cookie = flow.TrafficDirection_EGRESS, d.Cookie
+	if d.Dir == policy.Ingress {
+		ev.Direction = flow.TrafficDirection_INGRESS
 	}
-	cookie, ok := p.match(sets, r)
-	if !ok {
+	if !d.Allowed {
 		p.Denied.Add(1)
 		ev.Verdict = flow.Verdict_DROPPED
-		if len(sets) > 0 {
-			ev.Cookie = sets[0].Cookie
-		}
 		p.emit(ev)
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusForbidden)
@@ -212,7 +226,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// An allowed request is reported once, with its response (which
 	// carries the method and URL): the event stream costs as much as the
 	// proxying.
-	ev.Verdict, ev.Cookie = flow.Verdict_FORWARDED, cookie
+	ev.Verdict = flow.Verdict_FORWARDED
 	ctx := context.WithValue(r.Context(), keyEvent, &ev)
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }

@@ -86,8 +86,14 @@ func (m *Metrics) Count(f *flow.Flow) {
 		// request's direction (client to server) as context.
 		if f.GetL7().GetType() == flow.L7FlowType_RESPONSE {
 			rc := ctxValues(reverse(f))
-			m.httpReq.WithLabelValues(append([]string{h.GetMethod(), h.GetProtocol(), fmt.Sprint(h.GetCode()), "client"}, rc...)...).Inc()
-			m.httpDur.WithLabelValues(append([]string{h.GetMethod(), "client"}, rc...)...).Observe(float64(f.GetL7().GetLatencyNs()) / 1e9)
+			// The reporter is the side whose proxy saw it, as Hubble
+			// labels it: the server for ingress, the client for egress.
+			reporter := "client"
+			if f.GetTrafficDirection() == flow.TrafficDirection_INGRESS {
+				reporter = "server"
+			}
+			m.httpReq.WithLabelValues(append([]string{h.GetMethod(), h.GetProtocol(), fmt.Sprint(h.GetCode()), reporter}, rc...)...).Inc()
+			m.httpDur.WithLabelValues(append([]string{h.GetMethod(), reporter}, rc...)...).Observe(float64(f.GetL7().GetLatencyNs()) / 1e9)
 		}
 		return
 	}

@@ -22,15 +22,20 @@ type HTTPEvent struct {
 	Src, Dst                 netip.AddrPort // the pod, and the server it connected to
 	SrcIdentity, DstIdentity uint32
 	Verdict                  flow.Verdict
-	Cookie                   uint32 // the rule that allowed it, or the rules that did not
-	Response                 bool
-	Method, URL, Protocol    string
-	Code                     uint32
-	Latency                  time.Duration
+	// Direction is the side whose policy decided, relative to the
+	// endpoint it selects (UNKNOWN from an older proxy: egress, the only
+	// side it knew).
+	Direction             flow.TrafficDirection
+	Cookie                uint32 // the rule that allowed it, or the rules that did not
+	Response              bool
+	Method, URL, Protocol string
+	Code                  uint32
+	Latency               time.Duration
 }
 
 // HTTPFlow turns a proxy event into Hubble's L7 HTTP flow.
 func HTTPFlow(r Resolver, ev HTTPEvent) *flow.Flow {
+	ingress := ev.Direction == flow.TrafficDirection_INGRESS
 	f := &flow.Flow{
 		Time:             timestamppb.New(ev.Time),
 		Verdict:          ev.Verdict,
@@ -40,6 +45,9 @@ func HTTPFlow(r Resolver, ev HTTPEvent) *flow.Flow {
 		EventType:        &flow.CiliumEventType{Type: 129},
 		TrafficDirection: flow.TrafficDirection_EGRESS,
 		IsReply:          wrapperspb.Bool(ev.Response),
+	}
+	if ingress {
+		f.TrafficDirection = flow.TrafficDirection_INGRESS
 	}
 	src := endpoint(r.Peer(ev.Src.Addr(), ev.SrcIdentity))
 	dst := endpoint(r.Peer(ev.Dst.Addr(), ev.DstIdentity))
@@ -60,9 +68,14 @@ func HTTPFlow(r Resolver, ev HTTPEvent) *flow.Flow {
 	f.L7 = l7
 	if ref, ok := r.Rule(ev.Cookie); ok && ref.Name != "" {
 		p := []*flow.Policy{{Name: ref.Name, Namespace: ref.Namespace, Kind: ref.Kind}}
-		if ev.Verdict == flow.Verdict_DROPPED {
+		switch {
+		case ingress && ev.Verdict == flow.Verdict_DROPPED:
+			f.IngressDeniedBy = p
+		case ingress:
+			f.IngressAllowedBy = p
+		case ev.Verdict == flow.Verdict_DROPPED:
 			f.EgressDeniedBy = p
-		} else {
+		default:
 			f.EgressAllowedBy = p
 		}
 	}

@@ -75,8 +75,8 @@ func (c *compiler) ciliumPolicy(p *cnp.Policy) {
 				if s.act == ActionAllow && s.dir == Egress && (len(pr.FQDNs) > 0 || len(pr.DNS) > 0) {
 					c.addL7(selected, rs, pr, cookie)
 				}
-				if s.act == ActionAllow && s.dir == Egress && len(pr.HTTP) > 0 {
-					c.addHTTP(selected, rs, pr, cookie)
+				if s.act == ActionAllow && len(pr.HTTP) > 0 {
+					c.addHTTP(selected, s.dir, rs, pr, cookie)
 				}
 				if !rs.any && len(rs.ids) == 0 {
 					continue

@@ -593,11 +593,17 @@ func ciliumUnsupportedCases() []conformanceCase {
 			{toEndpoints: [{matchLabels: {app: dog}}]}]}`)},
 		probes: []string{"pets/cat 203.0.113.9 tcp/443 deny", "pets/cat pets/dog tcp/80 allow"},
 	}, {
-		name: "HTTP rules at ingress allow nothing (not enforced yet)",
+		name: "HTTP rules at ingress go to the HTTP proxy for their peers only",
 		policies: []string{cnpIn("p", `{`+selCat+`, ingress: [{fromEndpoints: [{matchLabels: {app: dog}}], toPorts: [
 			{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: /}]}},
 			{ports: [{port: "9090", protocol: TCP}]}]}]}`)},
-		probes: []string{"pets/dog pets/cat tcp/8080 deny", "pets/dog pets/cat tcp/9090 allow"},
+		probes: []string{"pets/dog pets/cat tcp/8080 allow", "pets/dog pets/cat tcp/9090 allow", "pets/bird pets/cat tcp/8080 deny",
+			"pets/dog pets/cat tcp/8081 deny", "203.0.113.10 pets/cat tcp/8080 deny"},
+	}, {
+		name: "an ingress deny beats ingress HTTP rules",
+		policies: []string{cnpIn("p", `{`+selCat+`, ingress: [{fromEntities: [all], toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{}]}}]}],
+			ingressDeny: [{fromEndpoints: [{matchLabels: {app: bird}}], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]}`)},
+		probes: []string{"pets/dog pets/cat tcp/8080 allow", "203.0.113.10 pets/cat tcp/8080 allow", "pets/bird pets/cat tcp/8080 deny"},
 	}, {
 		name:     "ports with DNS rules go to the DNS proxy, other ports stay denied",
 		policies: []string{cnpIn("p", `{`+selCat+`, egress: [{toEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "53", protocol: ANY}], rules: {dns: [{matchPattern: "*"}]}}]}]}`)},
@@ -806,11 +812,67 @@ func TestHTTPRules(t *testing.T) {
 	if e, _ := c.res.Lookup(cat, dog, Egress, ProtoTCP, 81); e.Action != ActionDeny {
 		t.Errorf("tcp/81 to dog: %v, want deny", e.Action)
 	}
-	sets := c.res.HTTPRules(cat, dog, 80)
+	sets := c.res.HTTPRules(cat, dog, Egress, 80)
 	if len(sets) != 1 || len(sets[0].Rules) != 1 || sets[0].Rules[0].Method != "GET" {
 		t.Fatalf("HTTP rules cat -> dog:80: %+v", sets)
 	}
-	if got := c.res.HTTPRules(cat, c.pods["pets/bird"], 80); len(got) != 0 {
+	if got := c.res.HTTPRules(cat, c.pods["pets/bird"], Egress, 80); len(got) != 0 {
 		t.Errorf("HTTP rules for another peer: %+v", got)
+	}
+	if got := c.res.HTTPRules(dog, cat, Ingress, 80); len(got) != 0 {
+		t.Errorf("egress HTTP rules of cat show as ingress rules of dog: %+v", got)
+	}
+}
+
+// TestIngressHTTPRules: ingress HTTP rules redirect their peers' connections
+// on their ports to the HTTP proxy, keyed by the destination's identity
+// and kept apart from egress rules; other peers and ports stay under
+// L3/L4, a deny still wins, and the node's own connections pass as they do
+// under every ingress policy.
+func TestIngressHTTPRules(t *testing.T) {
+	c := newTestCluster(t, defaultWorld(), []string{cnpIn("p", `{`+selCat+`, ingress: [
+		{fromEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "80", protocol: ANY}], rules: {http: [{method: GET, path: "/"}, {method: POST, path: "/api/.*"}]}}]},
+		{fromEntities: [world, host], toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]},
+		{fromEndpoints: [{matchLabels: {app: dog}}], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}],
+		ingressDeny: [{fromEndpoints: [{matchLabels: {app: bird}}]}]}`)})
+	cat, dog, bird := c.pods["pets/cat"], c.pods["pets/dog"], c.pods["pets/bird"]
+	for _, tc := range []struct {
+		remote uint32
+		port   uint16
+		want   Action
+	}{
+		{dog, 80, ActionRedirectL7},
+		{IdentityWorld, 80, ActionRedirectL7},
+		{dog, 8080, ActionAllow},
+		{IdentityHost, 80, ActionAllow},
+		{dog, 81, ActionDeny},
+		{bird, 80, ActionDeny},
+	} {
+		if e, _ := c.res.Lookup(cat, tc.remote, Ingress, ProtoTCP, tc.port); e.Action != tc.want {
+			t.Errorf("ingress of cat from %d on tcp/%d: %v, want %v", tc.remote, tc.port, e.Action, tc.want)
+		}
+	}
+	// ANY is TCP for HTTP: UDP/80 gets no redirect.
+	if e, _ := c.res.Lookup(cat, dog, Ingress, ProtoUDP, 80); e.Action != ActionDeny {
+		t.Errorf("udp/80 from dog: %v, want deny", e.Action)
+	}
+	sets := c.res.HTTPRules(cat, dog, Ingress, 80)
+	if len(sets) != 1 || len(sets[0].Rules) != 2 || sets[0].Rules[1].Path != "/api/.*" {
+		t.Fatalf("ingress HTTP rules of cat from dog:80: %+v", sets)
+	}
+	if ref := c.res.Rules[sets[0].Cookie]; ref.Name != "p" || ref.Dir != Ingress || ref.Path != "spec.ingress[0]" {
+		t.Errorf("ingress HTTP rule set names %+v", ref)
+	}
+	if w := c.res.HTTPRules(cat, IdentityWorld, Ingress, 80); len(w) != 1 || w[0].Rules[0].Method != "GET" || w[0].Cookie == sets[0].Cookie {
+		t.Errorf("ingress HTTP rules of cat from world:80: %+v", w)
+	}
+	for _, miss := range []struct {
+		local, remote uint32
+		dir           Direction
+		port          uint16
+	}{{cat, dog, Ingress, 8080}, {cat, bird, Ingress, 80}, {cat, dog, Egress, 80}, {dog, cat, Egress, 80}, {cat, IdentityHost, Ingress, 80}} {
+		if got := c.res.HTTPRules(miss.local, miss.remote, miss.dir, miss.port); len(got) != 0 {
+			t.Errorf("HTTP rules %+v: %+v, want none", miss, got)
+		}
 	}
 }

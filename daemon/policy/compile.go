@@ -40,8 +40,13 @@ type Result struct {
 	// enforces and the toFQDNs rules it learns addresses for.
 	DNS  map[uint32][]DNSRule
 	FQDN map[uint32][]FQDNRule
-	// HTTP is, per local identity, the HTTP rules the HTTP proxy enforces.
-	HTTP map[uint32][]HTTPRuleSet
+	// HTTP and HTTPIngress are, per local identity, the HTTP rules the
+	// HTTP proxy enforces on its connections: HTTP on those it opens
+	// (egress, the remotes are destinations), HTTPIngress on those it
+	// accepts (the remotes are sources). Two maps rather than a direction
+	// in each set, so rules persisted by an older proxy keep their meaning.
+	HTTP        map[uint32][]HTTPRuleSet
+	HTTPIngress map[uint32][]HTTPRuleSet
 }
 
 // Compile compiles the policies for the local identities. It validates

@@ -131,8 +131,9 @@ func (c *compiler) addL7(selected []*Identity, rs remotes, pr *cnp.PeerRule, coo
 }
 
 // HTTPRuleSet is what the HTTP proxy enforces for a local identity's
-// connections to the remotes on the ports: a request passes when one rule
-// matches it (an empty rule matches every request).
+// connections with the remotes on the ports (to them for egress, from them
+// for ingress): a request passes when one rule matches it (an empty rule
+// matches every request).
 type HTTPRuleSet struct {
 	AnyRemote bool
 	Remotes   []uint32
@@ -141,11 +142,17 @@ type HTTPRuleSet struct {
 	Cookie    uint32
 }
 
-// HTTPRules returns the HTTP rule sets of local that apply to a connection
-// to remote on port; none means no HTTP rule covers it.
-func (r *Result) HTTPRules(local, remote uint32, port uint16) []HTTPRuleSet {
+// HTTPRules returns the HTTP rule sets of local for dir that apply to a
+// connection with remote on port (local's port for ingress, remote's for
+// egress: the destination port either way); none means no HTTP rule of
+// that direction covers it.
+func (r *Result) HTTPRules(local, remote uint32, dir Direction, port uint16) []HTTPRuleSet {
+	all := r.HTTP
+	if dir == Ingress {
+		all = r.HTTPIngress
+	}
 	var out []HTTPRuleSet
-	for _, h := range r.HTTP[local] {
+	for _, h := range all[local] {
 		if (h.AnyRemote || slices.Contains(h.Remotes, remote)) && covers(h.Ports, ProtoTCP, port) {
 			out = append(out, h)
 		}
@@ -153,14 +160,26 @@ func (r *Result) HTTPRules(local, remote uint32, port uint16) []HTTPRuleSet {
 	return out
 }
 
-// addHTTP records the HTTP rules of an egress allow rule and gives their
-// ports redirect entries to the HTTP proxy.
-func (c *compiler) addHTTP(selected []*Identity, rs remotes, pr *cnp.PeerRule, cookie uint32) {
+// addHTTP records the HTTP rules of an allow rule and gives their ports
+// redirect entries to the HTTP proxy, in the rule's direction: the peers
+// still are the rule's, so a port with HTTP rules stays subject to them.
+func (c *compiler) addHTTP(selected []*Identity, dir Direction, rs remotes, pr *cnp.PeerRule, cookie uint32) {
+	if dir == Ingress && !rs.any {
+		// The node's own connections to its pods pass without the proxy,
+		// as every ingress policy lets them (kubelet probes): the kernel
+		// refuses a packet from one of its own addresses coming in on a
+		// pod's veth, so it could not reach the proxy anyway.
+		rs.ids = slices.DeleteFunc(slices.Clone(rs.ids), func(id uint32) bool { return id == IdentityHost })
+	}
 	if len(pr.HTTP) == 0 || (!rs.any && len(rs.ids) == 0) {
 		return
 	}
-	if c.res.HTTP == nil {
-		c.res.HTTP = map[uint32][]HTTPRuleSet{}
+	target := &c.res.HTTP
+	if dir == Ingress {
+		target = &c.res.HTTPIngress
+	}
+	if *target == nil {
+		*target = map[uint32][]HTTPRuleSet{}
 	}
 	for _, h := range pr.HTTP {
 		// HTTP runs over TCP: ANY means TCP here.
@@ -169,16 +188,39 @@ func (c *compiler) addHTTP(selected []*Identity, rs remotes, pr *cnp.PeerRule, c
 			p.Protocol = "TCP"
 			tcp[i] = p
 		}
-		set := HTTPRuleSet{AnyRemote: rs.any, Remotes: rs.ids, Ports: protoPorts(tcp, len(tcp) == 0), Rules: h.Rules, Cookie: cookie}
 		ports, all := npPorts(&cnp.PeerRule{Ports: tcp, AllPorts: len(tcp) == 0})
 		e := Entry{Action: ActionRedirectL7, Cookie: cookie}
 		for _, local := range selected {
-			c.res.HTTP[local.ID] = append(c.res.HTTP[local.ID], set)
+			set := HTTPRuleSet{AnyRemote: rs.any, Remotes: rs.ids, Ports: c.httpPorts(local.ID, dir, tcp), Rules: h.Rules, Cookie: cookie}
+			(*target)[local.ID] = append((*target)[local.ID], set)
 			if all {
-				c.add(local.ID, Egress, rs, nil, e)
+				c.add(local.ID, dir, rs, nil, e)
 			} else {
-				c.add(local.ID, Egress, rs, ports, e)
+				c.add(local.ID, dir, rs, ports, e)
 			}
 		}
 	}
+}
+
+// httpPorts expands an HTTP rule's ports for the proxy. At ingress a named
+// port names the local pods' container port, as it does for the redirect
+// entries; at egress it names a remote pod's and is left out (protoPorts).
+func (c *compiler) httpPorts(local uint32, dir Direction, tcp []cnp.Port) []ProtoPort {
+	if dir != Ingress {
+		return protoPorts(tcp, len(tcp) == 0)
+	}
+	named := make([]cnp.Port, 0, len(tcp))
+	for _, p := range tcp {
+		if p.Name == "" {
+			named = append(named, p)
+			continue
+		}
+		for _, port := range resolveNamedPort(c.namedPorts[local], p.Name, ProtoTCP) {
+			named = append(named, cnp.Port{Protocol: "TCP", Port: port})
+		}
+	}
+	if len(tcp) > 0 && len(named) == 0 {
+		return nil
+	}
+	return protoPorts(named, len(tcp) == 0)
 }

@@ -315,7 +315,9 @@ func (c *testCluster) verdict(p probe) (allow bool, why string, err error) {
 		}
 	}
 	if dst.local {
-		if e, enforced := c.res.Lookup(dst.id, src.id, Ingress, p.proto, p.port); enforced && e.Action != ActionAllow {
+		// A redirect to the HTTP proxy passes the connection on to the
+		// proxy, which decides per request.
+		if e, enforced := c.res.Lookup(dst.id, src.id, Ingress, p.proto, p.port); enforced && e.Action != ActionAllow && e.Action != ActionRedirectL7 {
 			return false, fmt.Sprintf("ingress of %d from %d: %v (cookie %d)", dst.id, src.id, e.Action, e.Cookie), nil
 		}
 	}

@@ -210,6 +210,12 @@ func runProxy(argv []string) error {
 	}
 	var hp *l7proxy.Proxy
 	if *httpPort != 0 {
+		if err := l7proxy.DisableEarlyDemux(); err != nil {
+			return err
+		}
+		if err := l7proxy.LoosenRPFilter(); err != nil {
+			return err
+		}
 		hp, err = l7proxy.New(l7proxy.Config{Port: uint16(*httpPort)}, maps, func(ev observe.HTTPEvent) { events.Emit(observe.L7Event{HTTP: &ev}) }, log)
 		if err != nil {
 			return err

@@ -68,9 +68,10 @@ type PeerRule struct {
 	// DNS are the ports with DNS rules: traffic to the peers on them goes
 	// through the DNS proxy, which lets through queries the rules match.
 	DNS []DNSPorts
-	// HTTP are the ports with HTTP rules (egress): connections to the
-	// peers on them go through the HTTP proxy, which lets through the
-	// requests the rules match and answers the others 403.
+	// HTTP are the ports with HTTP rules: connections with the peers on
+	// them (to them for egress, from them for ingress) go through the HTTP
+	// proxy, which lets through the requests the rules match and answers
+	// the others 403.
 	HTTP []HTTPPorts
 }
 
@@ -522,19 +523,13 @@ func (p *Policy) allowPorts(at string, egress bool, rules []PortRule, pr *PeerRu
 			// Validated above: egress only, nothing else beside.
 			pr.DNS = append(pr.DNS, DNSPorts{Ports: ports, Rules: r.Rules.DNS})
 			continue
-		case r.Rules != nil && r.Rules.HTTP != nil && egress:
+		case r.Rules != nil && r.Rules.HTTP != nil:
 			for _, port := range ports {
 				if port.Protocol != "TCP" && port.Protocol != "ANY" {
 					return fmt.Errorf("%s.rules.http: HTTP rules need TCP ports, not %s", where, port.Protocol)
 				}
 			}
 			pr.HTTP = append(pr.HTTP, HTTPPorts{Ports: ports, Rules: r.Rules.HTTP})
-			continue
-		case r.Rules != nil && r.Rules.HTTP != nil:
-			// The HTTP proxy sees a pod's own connections (the datapath
-			// assigns them on the pod's side); traffic into a pod cannot be
-			// handed to it there.
-			p.unsupported(where+".rules.http", "HTTP rules at ingress are not enforced by aegis yet; these ports allow nothing")
 			continue
 		case r.Rules != nil && !r.Rules.empty():
 			p.unsupported(where+".rules", "layer 7 rules are not enforced by aegis yet; these ports allow nothing")

@@ -64,6 +64,8 @@ func TestParseRejects(t *testing.T) {
 		{"deny with icmps", head + "spec: {endpointSelector: {}, ingressDeny: [{icmps: [{fields: [{type: 8}]}]}]}", "deny rule cannot be enforced in part"},
 		{"DNS rules at ingress", head + "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchName: a.com}]}}]}]}", "DNS rules apply to egress only"},
 		{"two L7 kinds", head + "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{}], dns: [{matchName: a.com}]}}]}]}", "only one of http, dns"},
+		{"HTTP rules on UDP at ingress", head + "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\", protocol: UDP}], rules: {http: [{}]}}]}]}", "spec.ingress[0].toPorts[0].rules.http: HTTP rules need TCP ports, not UDP"},
+		{"HTTP rules on UDP at egress", head + "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"80\", protocol: UDP}], rules: {http: [{}]}}]}]}", "spec.egress[0].toPorts[0].rules.http: HTTP rules need TCP ports, not UDP"},
 		{"bad HTTP regexp", head + "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{path: \"/(\"}]}}]}]}", "spec.ingress[0].toPorts[0].rules.http[0].path: invalid regular expression"},
 		{"FQDNs and endpoints in one rule", head + "spec: {endpointSelector: {}, egress: [{toEndpoints: [{}], toFQDNs: [{matchName: a.com}]}]}", "combining toFQDNs and toEndpoints"},
 		{"FQDN with both", head + "spec: {endpointSelector: {}, egress: [{toFQDNs: [{matchName: a.com, matchPattern: \"*.a.com\"}]}]}", "only one of matchName and matchPattern"},
@@ -112,7 +114,6 @@ func TestParseUnsupported(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"spec.ingress[0].toPorts[0].rules.http:",
 		"spec.ingress[1].authentication:",
 		"spec.egress[1].toServices:",
 		"spec.egress[2].toEntities[0]:",
@@ -133,8 +134,8 @@ func TestParseUnsupported(t *testing.T) {
 	if !p.Compiled[0].Ingress[1].None {
 		t.Error("a rule requiring authentication must select nothing")
 	}
-	if len(p.Compiled[0].Ingress[0].Ports) != 0 || p.Compiled[0].Ingress[0].AllPorts {
-		t.Error("ports with HTTP rules must allow nothing")
+	if in := p.Compiled[0].Ingress[0]; len(in.Ports) != 0 || in.AllPorts || len(in.HTTP) != 1 || in.HTTP[0].Rules[0].Method != "GET" {
+		t.Errorf("ingress ports with HTTP rules must go to the HTTP proxy only: %+v", in)
 	}
 }
 
