@@ -52,13 +52,17 @@ func TestFQDNWorkshop(t *testing.T) {
 	f := newFQDNNode(t)
 	order := f.pods["order-service"].NS
 	dnsIP := f.world.kubeDNS
+	say := narrator{t}
+	say.say("\n== FQDN filtering: CoreDNS v1.15.0 as kube-dns at %s, unbound as the internet's resolver (test zones on TEST-NET)", dnsIP)
 
 	// Before policy everything resolves and connects.
 	if ips, _, err := resolve(order, dnsIP, "udp", "www.bing.com"); err != nil || len(ips) == 0 {
 		t.Fatalf("before policy: www.bing.com: %v %v", ips, err)
 	}
+	say.say("  before policy: order-service resolves www.bing.com")
 	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
 	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+	say.say("\n== $ kubectl apply -n pets -f acns-network-policy.yaml -f acns-network-policy-fqdn.yaml")
 
 	// www.microsoft.com resolves (through the search list, as curl in the
 	// pod does) and 443 connects.
@@ -67,9 +71,11 @@ func TestFQDNWorkshop(t *testing.T) {
 		t.Fatalf("www.microsoft.com: %v (%v) %v", ips, codes, err)
 	}
 	t.Logf("www.microsoft.com: %v after %v", ips, codes)
+	say.say("  order-service: www.microsoft.com resolves to %v (answers through the search list: %v)", ips, codes)
 	if c, err := connect(order, msAddr+":443", 2*time.Second); err != nil {
 		t.Errorf("connect to www.microsoft.com:443: %v", err)
 	} else {
+		say.say("  [ok ] order-service    -> www.microsoft.com:443 ALLOWED (learned from the answer)")
 		c.Close()
 	}
 	// Only 443: port 80 of the same host stays closed.
@@ -79,11 +85,15 @@ func TestFQDNWorkshop(t *testing.T) {
 	// www.bing.com is refused at every step of the search list.
 	if ips, codes, err := resolve(order, dnsIP, "udp", "www.bing.com"); err == nil || len(ips) != 0 || !slices.Contains(codes, "REFUSED") {
 		t.Errorf("www.bing.com: %v, %v, %v; want REFUSED", ips, codes, err)
+	} else {
+		say.say("  [ok ] order-service: www.bing.com gets %v from the DNS proxy", codes)
 	}
 	// Addresses not learned through DNS stay blocked, even by IP.
 	for _, a := range []string{strayAddr, bingAddr, msLearnAddr} {
 		if err := order.Probe("tcp", a+":443", 500*time.Millisecond); err == nil {
 			t.Errorf("%s:443 connected without a DNS answer naming it", a)
+		} else {
+			say.say("  [ok ] order-service    -> %-18s BLOCKED (no DNS answer named it)", a+":443")
 		}
 	}
 	// A CNAME chain: alias.microsoft.com -> edge.bing.com -> an address;
@@ -118,6 +128,8 @@ func TestFQDNWorkshop(t *testing.T) {
 	}
 	if out, err := f.n.CLI("fqdn", "cache", "list"); err != nil || !strings.Contains(out, "www.microsoft.com.") {
 		t.Errorf("table output: %v\n%s", err, out)
+	} else {
+		say.say("\n$ aegis fqdn cache list\n%s", strings.TrimRight(out, "\n"))
 	}
 
 	// policy trace understands names and DNS rules.
@@ -147,6 +159,11 @@ func TestFQDNWorkshop(t *testing.T) {
 	// DNS flows: the refused query is a DROPPED L7 flow with its name,
 	// the allowed one a FORWARDED one with its answer.
 	checkDNSFlows(t, f.n)
+	if out, err := f.n.CLI("observe", "--type", "l7", "--dns-query", "bing", "--last", "4"); err != nil {
+		t.Errorf("aegis observe --type l7: %v\n%s", err, out)
+	} else {
+		say.say("\n$ aegis observe --type l7 --dns-query bing --last 4\n%s", strings.TrimRight(out, "\n"))
+	}
 	metrics := scrapeMetrics(t, f.n)
 	for _, want := range []string{
 		`hubble_dns_queries_total{destination_namespace="kube-system",destination_pod="kube-dns",ips_returned="0",qtypes="A",rcode="Refused",source_namespace="pets",source_pod="order-service"}`,
