@@ -156,13 +156,22 @@ func (m *Maps) ReadCounters() (map[CounterKey]Counter, error) {
 
 // LostEvents is how many flow events the ring had no room for.
 func (m *Maps) LostEvents() (uint64, error) {
-	var per []uint64
-	if err := m.Lost.Lookup(uint32(0), &per); err != nil {
-		return 0, fmt.Errorf("read lost events: %w", err)
+	per, err := m.LostEventsPerCPU()
+	if err != nil {
+		return 0, err
 	}
 	var sum uint64
 	for _, v := range per {
 		sum += v
 	}
 	return sum, nil
+}
+
+// LostEventsPerCPU is LostEvents by the CPU the datapath ran on.
+func (m *Maps) LostEventsPerCPU() ([]uint64, error) {
+	var per []uint64
+	if err := m.Lost.Lookup(uint32(0), &per); err != nil {
+		return nil, fmt.Errorf("read lost events: %w", err)
+	}
+	return per, nil
 }

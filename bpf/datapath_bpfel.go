@@ -157,6 +157,7 @@ const (
 	datapathMapAegisProxy        = "aegis_proxy"
 	datapathProgAegisFromPod     = "aegis_from_pod"
 	datapathProgAegisToPod       = "aegis_to_pod"
+	datapathVarFlowEvents        = "flow_events"
 	datapathVarSummaryIntervalNs = "summary_interval_ns"
 	datapathVarUnusedFlowEvent   = "unused_flow_event"
 )
@@ -228,6 +229,7 @@ type datapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
+	FlowEvents        *ebpf.VariableSpec `ebpf:"flow_events"`
 	SummaryIntervalNs *ebpf.VariableSpec `ebpf:"summary_interval_ns"`
 	UnusedFlowEvent   *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
@@ -285,6 +287,7 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
+	FlowEvents        *ebpf.Variable `ebpf:"flow_events"`
 	SummaryIntervalNs *ebpf.Variable `ebpf:"summary_interval_ns"`
 	UnusedFlowEvent   *ebpf.Variable `ebpf:"unused_flow_event"`
 }

@@ -16,11 +16,15 @@
 #define VERDICT_FORWARDED 1
 #define VERDICT_DROPPED 2
 
-/* Wake the reader early once this much is waiting. */
+/* Wake the reader early each time this much more is waiting. */
 #define EVENTS_WAKEUP_BYTES (256 * 1024)
 
 /* How often a live connection is summarised (settable at load time). */
 volatile const __u64 summary_interval_ns = 10ULL * 1000000000ULL;
+
+/* Flow events on or off (settable at load time): off, the datapath writes
+ * no event and counts nothing lost; the counters still count every packet. */
+volatile const __u8 flow_events = 1;
 
 struct flow_event {
 	__u64 ts_ns;
@@ -45,6 +49,10 @@ struct flow_event {
 	__u8 pad;
 };
 
+/* A flow event's room in the ring: the record header, then the event. */
+#define EVENTS_RECORD_BYTES (8 + sizeof(struct flow_event))
+
+/* The default size; aegisd may load it with another (--flow-ring-size). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
@@ -90,6 +98,9 @@ static __always_inline void emit(const struct tuple *t, __u32 ifindex, __u8 type
 				 __u8 dir, __u32 src_id, __u32 dst_id, __u32 cookie, __u8 ct_state,
 				 __u64 packets, __u64 bytes, __u64 now)
 {
+	if (!flow_events)
+		return;
+
 	struct flow_event *ev = bpf_ringbuf_reserve(&aegis_events, sizeof(*ev), 0);
 
 	if (!ev) {
@@ -120,8 +131,16 @@ static __always_inline void emit(const struct tuple *t, __u32 ifindex, __u8 type
 	ev->ct_state = ct_state;
 	ev->pad = 0;
 
+	/* Wake the reader when the waiting data, this record included, goes
+	 * past a multiple of EVENTS_WAKEUP_BYTES: once per 256 KiB, not on
+	 * every event once that much waits (each wakeup is an interrupt, and
+	 * they would come fastest when the reader is furthest behind). A
+	 * crossing missed between two CPUs is caught at the next multiple or
+	 * by the reader's own poll; a blocked reader means an empty ring, so
+	 * the first crossing finds it. */
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&aegis_events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES)
+	__u64 avail = bpf_ringbuf_query(&aegis_events, BPF_RB_AVAIL_DATA);
+	if (avail / EVENTS_WAKEUP_BYTES != (avail - EVENTS_RECORD_BYTES) / EVENTS_WAKEUP_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(ev, flags);
 }

@@ -38,7 +38,11 @@ type Config struct {
 	NodeIPs []netip.Addr
 	// SummaryInterval of live connections in flow events.
 	SummaryInterval time.Duration
-	Log             *slog.Logger
+	// FlowRingSize is the flow-event ring's size in bytes (0: default).
+	FlowRingSize uint32
+	// NoFlowEvents stops the datapath writing flow events.
+	NoFlowEvents bool
+	Log          *slog.Logger
 }
 
 // Agent owns the datapath state of the node.
@@ -91,7 +95,8 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Log = slog.Default()
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, paths: bpf.Paths{Root: cfg.BPFRoot}, jar: policy.NewCookieJar(), started: time.Now().UTC()}
-	dp, linkErrs, err := bpf.Load(a.paths, bpf.Options{SummaryInterval: cfg.SummaryInterval})
+	dp, linkErrs, err := bpf.Load(a.paths, bpf.Options{SummaryInterval: cfg.SummaryInterval,
+		FlowRingSize: cfg.FlowRingSize, NoFlowEvents: cfg.NoFlowEvents})
 	if err != nil {
 		return nil, err
 	}

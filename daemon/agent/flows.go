@@ -46,3 +46,13 @@ func (a *Agent) flowLogStatus() api.FlowLogStatus {
 	}
 	return st
 }
+
+func (a *Agent) flowStatus() api.FlowStatus {
+	st := api.FlowStatus{Events: !a.cfg.NoFlowEvents}
+	if o := a.observer.Load(); o != nil {
+		s := o.Stats()
+		st.Seen, st.Lost, st.DecodeErrors, st.SubscriberLag = s.Seen, s.KernelLost, s.DecodeErrors, s.SubscriberLag
+		st.Stored, st.Capacity = s.Stored, s.Capacity
+	}
+	return st
+}

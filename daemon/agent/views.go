@@ -46,6 +46,7 @@ func (a *Agent) Status() api.Status {
 	}
 	st.Endpoints = len(a.eps.List())
 	st.FlowLogs = a.flowLogStatus()
+	st.Flows = a.flowStatus()
 	if rev, err := a.dp.PolicyRevision(); err == nil {
 		st.PolicyRevision = rev
 	}

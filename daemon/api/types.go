@@ -62,6 +62,25 @@ type Status struct {
 	Source         SourceStatus  `json:"source"`
 	LastRegen      RegenStatus   `json:"lastRegeneration"`
 	FlowLogs       FlowLogStatus `json:"flowLogs"`
+	Flows          FlowStatus    `json:"flows"`
+}
+
+// FlowStatus says how the flow observer fares: what it read, kept and
+// lost at each stage.
+type FlowStatus struct {
+	// Events says whether the datapath writes flow events (--flow-events).
+	Events bool `json:"events"`
+	// Seen is the flows the observer took in.
+	Seen uint64 `json:"seen"`
+	// Lost is the events the datapath's ring had no room for.
+	Lost uint64 `json:"lost"`
+	// DecodeErrors is the ring records that did not decode.
+	DecodeErrors uint64 `json:"decodeErrors"`
+	// SubscriberLag is the flows slow followers (API streams, metrics,
+	// flow logs) missed.
+	SubscriberLag uint64 `json:"subscriberLag"`
+	Stored        int    `json:"stored"`
+	Capacity      int    `json:"capacity"`
 }
 
 // SourceStatus says where policy comes from and what was rejected.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/aegis-cni/aegis/daemon/api"
@@ -110,28 +111,65 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 	}
 	// Subscribe first so nothing falls between history and the stream.
 	var live <-chan *flow.Flow
+	var liveLost <-chan observe.Lost
 	if req.GetFollow() {
 		ch, cancel := s.flows.Subscribe(4096)
 		defer cancel()
 		live = ch
+		lch, lcancel := s.flows.SubscribeLost(64)
+		defer lcancel()
+		liveLost = lch
 	}
 	st := s.flows.Stats()
 	history := s.flows.Last(st.Capacity, keep)
+	// LostEvents pass every filter and do not count towards number, as in
+	// Hubble: the ones within the span of history the request covers go
+	// with it.
+	from, to := time.Time{}, time.Now()
+	if since != nil {
+		from = since.AsTime()
+	}
+	if until != nil {
+		to = until.AsTime()
+	}
 	if n := int(req.GetNumber()); n > 0 && n < len(history) {
 		if req.GetFirst() {
 			history = history[:n]
+			to = history[n-1].GetTime().AsTime()
 		} else {
 			history = history[len(history)-n:]
+			from = history[0].GetTime().AsTime()
 		}
 	} else if req.GetNumber() == 0 && req.GetFollow() && since == nil {
 		history = nil // follow alone streams new flows only
+		from = to
+	}
+	var lost []observe.Lost
+	for _, l := range s.flows.LostEvents() {
+		if !l.Time.Before(from) && !l.Time.After(to) {
+			lost = append(lost, l)
+		}
 	}
 	sent := make(map[*flow.Flow]bool, len(history))
+	sentLost := make(map[*flow.LostEvent]bool, len(lost))
 	for _, f := range history {
+		for len(lost) > 0 && lost[0].Time.Before(f.GetTime().AsTime()) {
+			if err := s.sendLost(stream, lost[0]); err != nil {
+				return err
+			}
+			sentLost[lost[0].Event] = true
+			lost = lost[1:]
+		}
 		if err := s.send(stream, f); err != nil {
 			return err
 		}
 		sent[f] = true
+	}
+	for _, l := range lost {
+		if err := s.sendLost(stream, l); err != nil {
+			return err
+		}
+		sentLost[l.Event] = true
 	}
 	if live == nil {
 		return nil
@@ -140,6 +178,13 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case l := <-liveLost:
+			if sentLost[l.Event] {
+				continue
+			}
+			if err := s.sendLost(stream, l); err != nil {
+				return err
+			}
 		case f := <-live:
 			if sent[f] || !keep(f) {
 				continue
@@ -159,6 +204,16 @@ func (s *Server) send(stream grpc.ServerStreamingServer[observer.GetFlowsRespons
 		ResponseTypes: &observer.GetFlowsResponse_Flow{Flow: f},
 		NodeName:      s.node,
 		Time:          f.GetTime(),
+	})
+}
+
+// sendLost reports events lost before they became flows, as Hubble does:
+// a LostEvent with its source, CPU and count.
+func (s *Server) sendLost(stream grpc.ServerStreamingServer[observer.GetFlowsResponse], l observe.Lost) error {
+	return stream.Send(&observer.GetFlowsResponse{
+		ResponseTypes: &observer.GetFlowsResponse_LostEvents{LostEvents: l.Event},
+		NodeName:      s.node,
+		Time:          timestamppb.New(l.Time),
 	})
 }
 

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
 	"github.com/cilium/ebpf/ringbuf"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/aegis-cni/aegis/bpf"
 )
@@ -38,14 +40,35 @@ type Observer struct {
 	subs   map[chan *flow.Flow]struct{}
 	notify chan struct{}
 
+	// Losses the datapath counted, as Hubble reports them: each CPU's
+	// increase since the last look is one LostEvent.
+	lost     []Lost
+	lostSubs map[chan Lost]struct{}
+	lostSeen []uint64 // per CPU, what is already in lost
+
 	seen, decodeErrs, lag atomic.Uint64
 }
 
 // New returns an observer keeping capacity flows.
 func New(maps *bpf.Maps, r Resolver, capacity int, log *slog.Logger) *Observer {
 	return &Observer{maps: maps, resolver: r, log: log, clock: bpf.NewClock(),
-		ring: make([]*flow.Flow, capacity), subs: map[chan *flow.Flow]struct{}{}}
+		ring: make([]*flow.Flow, capacity), subs: map[chan *flow.Flow]struct{}{},
+		lostSubs: map[chan Lost]struct{}{}}
 }
+
+// Lost is a LostEvent and when the observer found it.
+type Lost struct {
+	Time  time.Time
+	Event *flow.LostEvent
+}
+
+// lostCapacity bounds the LostEvents kept for GetFlows' history.
+const lostCapacity = 256
+
+// lostInterval is how often the datapath's lost counter is read, and so
+// how soon a loss shows in the Hubble API (Hubble sends its own ring's
+// losses at most once a second).
+const lostInterval = 250 * time.Millisecond
 
 // pollInterval bounds how long an event waits in the ring: the datapath
 // wakes the reader only when much is waiting, so it looks on its own.
@@ -58,6 +81,7 @@ func (o *Observer) Run(ctx context.Context) error {
 		return err
 	}
 	go func() { <-ctx.Done(); rd.Close() }()
+	go o.watchLost(ctx)
 	var rec ringbuf.Record
 	for {
 		rd.SetDeadline(time.Now().Add(pollInterval))
@@ -94,6 +118,77 @@ func (o *Observer) add(f *flow.Flow) {
 		default:
 			o.lag.Add(1)
 		}
+	}
+}
+
+// watchLost turns increases of the datapath's per-CPU lost counter into
+// LostEvents until ctx ends. Losses from before this observer started
+// (aegisd down, the ring full) come first, in one LostEvent per CPU.
+func (o *Observer) watchLost(ctx context.Context) {
+	t := time.NewTicker(lostInterval)
+	defer t.Stop()
+	for {
+		o.checkLost(time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (o *Observer) checkLost(now time.Time) {
+	per, err := o.maps.LostEventsPerCPU()
+	if err != nil {
+		o.log.Warn("read lost flow events", "err", err)
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.lostSeen) < len(per) {
+		o.lostSeen = append(o.lostSeen, make([]uint64, len(per)-len(o.lostSeen))...)
+	}
+	for cpu, n := range per {
+		if n <= o.lostSeen[cpu] {
+			continue
+		}
+		l := Lost{Time: now, Event: &flow.LostEvent{
+			Source:        flow.LostEventSource_PERF_EVENT_RING_BUFFER,
+			NumEventsLost: n - o.lostSeen[cpu],
+			Cpu:           wrapperspb.Int32(int32(cpu)),
+		}}
+		o.lostSeen[cpu] = n
+		if len(o.lost) == lostCapacity {
+			o.lost = append(o.lost[:0], o.lost[1:]...)
+		}
+		o.lost = append(o.lost, l)
+		for ch := range o.lostSubs {
+			select {
+			case ch <- l:
+			default:
+				o.lag.Add(1)
+			}
+		}
+	}
+}
+
+// LostEvents returns the kept LostEvents, oldest first.
+func (o *Observer) LostEvents() []Lost {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.lost)
+}
+
+// SubscribeLost delivers new LostEvents until cancel is called.
+func (o *Observer) SubscribeLost(buffer int) (<-chan Lost, func()) {
+	ch := make(chan Lost, buffer)
+	o.mu.Lock()
+	o.lostSubs[ch] = struct{}{}
+	o.mu.Unlock()
+	return ch, func() {
+		o.mu.Lock()
+		delete(o.lostSubs, ch)
+		o.mu.Unlock()
 	}
 }
 

@@ -56,7 +56,7 @@ type side struct {
 	stopServers    func()
 }
 
-func newSide(b *testing.B, name string, aegis bool) *side {
+func newSide(b *testing.B, name string, aegis bool, daemonArgs ...string) *side {
 	opts := node.Options{}
 	if !aegis {
 		opts.ConfList = fmt.Sprintf(baselineConfList, time.Now().UnixNano())
@@ -65,7 +65,7 @@ func newSide(b *testing.B, name string, aegis bool) *side {
 	n.Apply("00-pods.yaml", node.NamespaceManifest("bench", nil)+"---\n"+
 		node.PodManifest("bench", "client", map[string]string{"app": "client"})+"---\n"+
 		node.PodManifest("bench", "server", map[string]string{"app": "server"}))
-	n.StartDaemon()
+	n.StartDaemon(daemonArgs...)
 	s := &side{name: name, n: n}
 	s.client = n.NewPod("bench", "client", nil)
 	s.server = n.NewPod("bench", "server", nil)

@@ -278,6 +278,8 @@ func (n *Node) StopDaemon(sig syscall.Signal) {
 	if n.daemon == nil {
 		return
 	}
+	// A paused daemon acts on no signal but SIGKILL until it goes on.
+	_ = n.daemon.Process.Signal(syscall.SIGCONT)
 	_ = n.daemon.Process.Signal(sig)
 	select {
 	case <-n.waitc:
@@ -287,6 +289,32 @@ func (n *Node) StopDaemon(sig syscall.Signal) {
 	}
 	n.logF.Close()
 	n.daemon = nil
+}
+
+// PauseDaemon stops aegisd (SIGSTOP, by the pid this node started) until
+// ResumeDaemon: the datapath goes on enforcing and writing flow events,
+// and nobody reads them.
+func (n *Node) PauseDaemon() {
+	n.t.Helper()
+	n.signalDaemon(syscall.SIGSTOP)
+}
+
+// ResumeDaemon lets a paused aegisd go on (SIGCONT).
+func (n *Node) ResumeDaemon() {
+	n.t.Helper()
+	n.signalDaemon(syscall.SIGCONT)
+}
+
+func (n *Node) signalDaemon(sig syscall.Signal) {
+	n.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.daemon == nil {
+		n.t.Fatal("daemon not running")
+	}
+	if err := n.daemon.Process.Signal(sig); err != nil {
+		n.t.Fatalf("signal aegisd (pid %d) %s: %v", n.daemon.Process.Pid, sig, err)
+	}
 }
 
 // Client talks to the node's daemon.

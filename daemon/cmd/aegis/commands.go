@@ -81,6 +81,12 @@ func cmdStatus(ctx context.Context, c *api.Client, argv []string) error {
 	for _, r := range st.Source.Rejected {
 		fmt.Printf("  rejected:       %s\n", r)
 	}
+	if st.Flows.Events {
+		fmt.Printf("Flows:            %d seen, %d lost in the datapath's ring, %d undecodable, %d missed by slow followers (%d/%d kept)\n",
+			st.Flows.Seen, st.Flows.Lost, st.Flows.DecodeErrors, st.Flows.SubscriberLag, st.Flows.Stored, st.Flows.Capacity)
+	} else {
+		fmt.Printf("Flows:            off (aegisd --flow-events=false); %d seen from the proxies\n", st.Flows.Seen)
+	}
 	if st.FlowLogs.Path != "" {
 		fmt.Printf("Flow logs:        %s (%d written, %d lost)\n", st.FlowLogs.Path, st.FlowLogs.Written, st.FlowLogs.Lost)
 		if st.FlowLogs.LastErr != "" {

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
@@ -22,7 +24,7 @@ import (
 // API and filters the hubble CLI uses, so both always agree.
 func cmdObserve(ctx context.Context, socket string, argv []string) error {
 	fs := flag.NewFlagSet("aegis observe", flag.ContinueOnError)
-	out := fs.String("o", "compact", "output: compact or json (one Hubble flow per line)")
+	out := fs.String("o", "compact", "output: compact, json (one Hubble flow per line) or table")
 	last := fs.Uint64("last", 20, "how many of the most recent matching flows")
 	follow := fs.Bool("follow", false, "keep printing new flows")
 	since := fs.Duration("since", 0, "only flows newer than this (e.g. 5m)")
@@ -79,8 +81,8 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}
-	if *out != "compact" && *out != "json" {
-		return fmt.Errorf("-o %q: want compact or json", *out)
+	if *out != "compact" && *out != "json" && *out != "table" {
+		return fmt.Errorf("-o %q: want compact, json or table", *out)
 	}
 	// Either-end filters become two whitelist entries, as hubble does.
 	whitelist := []*flow.FlowFilter{ff}
@@ -106,6 +108,12 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 	if err != nil {
 		return fmt.Errorf("get flows from %s: %w", socket, err)
 	}
+	var tw *tabwriter.Writer
+	if *out == "table" {
+		tw = tabwriter.NewWriter(os.Stdout, 2, 0, 3, ' ', 0)
+		fmt.Fprintln(tw, "TIMESTAMP\tSOURCE\tDESTINATION\tTYPE\tVERDICT\tSUMMARY")
+		defer tw.Flush()
+	}
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -114,8 +122,22 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 		if err != nil {
 			return fmt.Errorf("get flows from %s: %w", socket, err)
 		}
+		if l := resp.GetLostEvents(); l != nil {
+			if err := printLost(resp, l, *out, tw); err != nil {
+				return err
+			}
+			continue
+		}
 		f := resp.GetFlow()
 		if f == nil {
+			continue
+		}
+		if tw != nil {
+			fmt.Fprintln(tw, tableRow(f))
+			if *follow {
+				// Following, a row cannot wait for later ones to be aligned.
+				tw.Flush()
+			}
 			continue
 		}
 		if *out == "json" {
@@ -130,12 +152,62 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 	}
 }
 
+// printLost shows events lost before they became flows as hubble does:
+// "EVENTS LOST: PERF_EVENT_RING_BUFFER CPU(0) 1234"; in JSON, the
+// LostEvent object itself.
+func printLost(resp *observer.GetFlowsResponse, l *flow.LostEvent, out string, tw *tabwriter.Writer) error {
+	summary := fmt.Sprintf("CPU(%d) %d", l.GetCpu().GetValue(), l.GetNumEventsLost())
+	ts := resp.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000")
+	switch {
+	case out == "json":
+		b, err := protojson.Marshal(l)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+	case tw != nil:
+		fmt.Fprintln(tw, strings.Join([]string{ts, l.GetSource().String(), "-", "EVENTS LOST", "-", summary}, "\t"))
+		tw.Flush()
+	default:
+		fmt.Printf("%s EVENTS LOST: %s %s\n", ts, l.GetSource(), summary)
+	}
+	return nil
+}
+
 func cloneFilter(f *flow.FlowFilter) *flow.FlowFilter {
 	return proto.Clone(f).(*flow.FlowFilter)
 }
 
+// row is a flow as hubble's compact and table outputs show it.
+type row struct {
+	time, src, dst, point, proto, verdict, flags, policy string
+}
+
 // compact renders a flow the way hubble's compact output does.
 func compact(f *flow.Flow) string {
+	r := rowOf(f)
+	var parts []string
+	for _, p := range []string{r.src, "->", r.dst, r.point, r.proto, r.verdict} {
+		if p != "" {
+			parts = append(parts, p)
+		}
+	}
+	return r.time + ": " + strings.Join(parts, " ") + r.flags + r.policy
+}
+
+// tableRow renders a flow as a row of hubble's table output:
+// TIMESTAMP, SOURCE, DESTINATION, TYPE, VERDICT, SUMMARY.
+func tableRow(f *flow.Flow) string {
+	r := rowOf(f)
+	summary := strings.TrimSpace(r.proto + r.flags + r.policy)
+	verdict := r.verdict
+	if l7Summary(f) != "" {
+		verdict, summary = f.GetVerdict().String(), l7Detail(f)
+	}
+	return strings.Join([]string{r.time, r.src, r.dst, r.point, verdict, summary}, "\t")
+}
+
+func rowOf(f *flow.Flow) row {
 	end := func(e *flow.Endpoint, ip string, port uint32) string {
 		name := ip
 		if e.GetPodName() != "" {
@@ -200,9 +272,9 @@ func compact(f *flow.Flow) string {
 		point, proto, flags = l7, "", ""
 		verdict = f.GetVerdict().String() + " " + l7Detail(f)
 	}
-	return strings.Replace(fmt.Sprintf("%s: %s -> %s %s %s %s%s%s", f.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000"),
-		end(f.GetSource(), f.GetIP().GetSource(), sp), end(f.GetDestination(), f.GetIP().GetDestination(), dp),
-		point, proto, verdict, flags, policyNote), "  ", " ", 1)
+	return row{time: f.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000"),
+		src: end(f.GetSource(), f.GetIP().GetSource(), sp), dst: end(f.GetDestination(), f.GetIP().GetDestination(), dp),
+		point: point, proto: proto, verdict: verdict, flags: flags, policy: policyNote}
 }
 
 // l7Summary names an L7 flow's kind as hubble does ("dns-request",

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -40,6 +41,8 @@ type options struct {
 	logLevel        slog.Level
 	summaryInterval time.Duration
 	flowCapacity    int
+	flowRingSize    uint
+	flowEvents      bool
 	hubble          hubbleOptions
 	flowLogFile     string
 	flowLogMaxMB    int
@@ -83,6 +86,8 @@ func parseFlags(argv []string) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", metrics.DefaultAddr, "address of the Prometheus /metrics endpoint (loopback by default); empty disables it")
 	fs.IntVar(&o.flowCapacity, "flow-capacity", 4096, "how many recent flows aegisd keeps for aegis observe and the Hubble API")
 	fs.DurationVar(&o.summaryInterval, "flow-summary-interval", 10*time.Second, "how often a live connection is summarised in a flow event")
+	fs.UintVar(&o.flowRingSize, "flow-ring-size", bpf.DefaultFlowRingSize, "bytes of the ring the datapath writes flow events to (a power of two, at least a page; 72 bytes an event); events it has no room for are counted lost")
+	fs.BoolVar(&o.flowEvents, "flow-events", true, "whether the datapath writes flow events; false leaves flows, the Hubble API, flow logs and hubble_* metrics without datapath flows (the aegis_* counters still count every packet)")
 	fs.UintVar(&o.dnsProxyPort, "dns-proxy-port", 10053, "port of the transparent DNS proxy (UDP and TCP) on the node; 0 disables it, and pods with DNS rules lose DNS")
 	fs.StringVar(&o.dnsProxySocket, "proxy-socket", "", "control socket of the proxy process (default: proxy.sock beside --socket)")
 	fs.UintVar(&o.httpProxyPort, "http-proxy-port", 10080, "port of the transparent HTTP proxy for L7 rules on the node; 0 disables it, and ports with HTTP rules lose their traffic")
@@ -105,6 +110,12 @@ func parseFlags(argv []string) (*options, error) {
 	}
 	if o.flowCapacity < 1 {
 		return nil, fmt.Errorf("--flow-capacity %d: want at least 1", o.flowCapacity)
+	}
+	if o.flowRingSize > math.MaxUint32 {
+		return nil, fmt.Errorf("--flow-ring-size %d: want at most %d", o.flowRingSize, uint32(math.MaxUint32))
+	}
+	if err := bpf.CheckFlowRingSize(uint32(o.flowRingSize)); err != nil {
+		return nil, fmt.Errorf("--flow-ring-size: %w", err)
 	}
 	if o.dnsProxySocket == "" {
 		o.dnsProxySocket = filepath.Join(filepath.Dir(o.socket), "proxy.sock")
@@ -169,6 +180,7 @@ func run(ctx context.Context, o *options) error {
 	a, err := agent.New(agent.Config{
 		NodeName: o.nodeName, BPFRoot: o.bpfRoot, StateDir: o.stateDir,
 		NodeIPs: o.nodeIPs, SummaryInterval: o.summaryInterval, Log: log,
+		FlowRingSize: uint32(o.flowRingSize), NoFlowEvents: !o.flowEvents,
 	})
 	if err != nil {
 		return err
