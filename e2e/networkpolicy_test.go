@@ -598,6 +598,10 @@ func checkFlows(t *testing.T, c *cluster) {
 	if out, err := c.n.CLI("observe", "--verdict", "DROPPED", "--last", "3"); err != nil || !strings.Contains(out, "Policy denied DROPPED") {
 		t.Errorf("compact output: %v\n%s", err, out)
 	}
+	if out, err := c.n.CLI("observe", "-o", "table", "--verdict", "DROPPED", "--to-pod", "prod/web", "--last", "3"); err != nil ||
+		!strings.HasPrefix(out, "TIMESTAMP") || !strings.Contains(out, "prod/web:") || !strings.Contains(out, "Policy denied DROPPED") {
+		t.Errorf("table output: %v\n%s", err, out)
+	}
 	checkHubble(t, c)
 	checkMetrics(t, c)
 }

@@ -28,6 +28,15 @@ func (a *Agent) configureFlowLog(snap *manifests.Snapshot) {
 	}
 }
 
+// FlowLogStatuses is each ContainerNetworkLog's verdict from the last
+// snapshot: CONFIGURED, or FAILED with the reason. None without flow logs.
+func (a *Agent) FlowLogStatuses() []flowlog.Status {
+	if e := a.flowLog.Load(); e != nil {
+		return e.Statuses()
+	}
+	return nil
+}
+
 func (a *Agent) flowLogStatus() api.FlowLogStatus {
 	e := a.flowLog.Load()
 	if e == nil {

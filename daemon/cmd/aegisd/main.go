@@ -206,6 +206,13 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	// The flow-log exporter exists before the first snapshot, which
+	// configures it from the snapshot's ContainerNetworkLogs.
+	if o.flowLogFile != "" {
+		exp := flowlog.New(o.flowLogFile, int64(o.flowLogMaxMB)<<20, o.flowLogBackups, o.nodeName)
+		a.SetFlowLog(exp, o.flowLogFile)
+		go exp.Run(ctx, obs)
+	}
 	go func() {
 		errc <- src.run(ctx, func(s *manifests.Snapshot, rejected []manifests.FileError) {
 			err := a.ApplySnapshot(ctx, s, rejected, src.kind, src.location)
@@ -213,6 +220,7 @@ func run(ctx context.Context, o *options) error {
 				log.Error("apply policy source", "err", err)
 			}
 			src.report(s, err)
+			src.logStatus(ctx, a.FlowLogStatuses())
 		})
 	}()
 	log.Info("aegisd started", "version", agent.Version, "node", o.nodeName, "bpfRoot", o.bpfRoot,
@@ -230,11 +238,6 @@ func run(ctx context.Context, o *options) error {
 				errc <- err
 			}
 		}()
-	}
-	if o.flowLogFile != "" {
-		exp := flowlog.New(o.flowLogFile, int64(o.flowLogMaxMB)<<20, o.flowLogBackups, o.nodeName)
-		a.SetFlowLog(exp, o.flowLogFile)
-		go exp.Run(ctx, obs)
 	}
 	if err := startHubble(ctx, &o.hubble, obs, o.nodeName, o.nodeIPs, log, errc); err != nil {
 		return err
