@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -55,44 +56,100 @@ type Status struct {
 }
 
 // Events fans the proxy's events out to the control clients that follow
-// them. A follower too slow, or none at all, loses events; they are
-// counted.
+// them. Each event is encoded once, as it happens, into every follower's
+// pending buffer; the follower's stream writes what gathered every
+// eventsFlushDelay, so aegisd reads and wakes per batch, not per query,
+// and a query never waits for the stream. A follower that falls a buffer
+// behind, or none at all, loses events; they are counted.
 type Events struct {
-	mu   sync.Mutex
-	subs map[chan observe.L7Event]struct{}
+	mu   sync.Mutex // serializes changes of subs
+	subs atomic.Pointer[[]*follower]
 	lost atomic.Uint64
+}
+
+const (
+	eventsFlushDelay = 5 * time.Millisecond
+	// maxPending bounds a follower's backlog (~8000 DNS events).
+	maxPending = 1 << 20
+)
+
+type follower struct {
+	mu      sync.Mutex
+	pending []byte
+	ready   chan struct{} // signalled when pending stops being empty
+}
+
+// add appends a frame unless the backlog is full.
+func (f *follower) add(frame []byte) bool {
+	f.mu.Lock()
+	if len(f.pending)+len(frame) > maxPending {
+		f.mu.Unlock()
+		return false
+	}
+	wasEmpty := len(f.pending) == 0
+	f.pending = append(f.pending, frame...)
+	f.mu.Unlock()
+	if wasEmpty {
+		select {
+		case f.ready <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// take swaps the backlog for spare (emptied) and returns it.
+func (f *follower) take(spare []byte) []byte {
+	f.mu.Lock()
+	out := f.pending
+	f.pending = spare[:0]
+	f.mu.Unlock()
+	return out
 }
 
 // Emit hands one event to every follower.
 func (e *Events) Emit(ev observe.L7Event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.subs) == 0 {
+	subs := e.subs.Load()
+	if subs == nil || len(*subs) == 0 {
 		e.lost.Add(1)
 		return
 	}
-	for ch := range e.subs {
-		select {
-		case ch <- ev:
-		default:
+	var arr [512]byte
+	frame, err := appendFrame(arr[:0], &ev)
+	if err != nil {
+		e.lost.Add(1)
+		return
+	}
+	for _, f := range *subs {
+		if !f.add(frame) {
 			e.lost.Add(1)
 		}
 	}
 }
 
-func (e *Events) subscribe() (chan observe.L7Event, func()) {
-	ch := make(chan observe.L7Event, 4096)
+func (e *Events) subscribe() (*follower, func()) {
+	f := &follower{ready: make(chan struct{}, 1)}
 	e.mu.Lock()
-	if e.subs == nil {
-		e.subs = map[chan observe.L7Event]struct{}{}
-	}
-	e.subs[ch] = struct{}{}
-	e.mu.Unlock()
-	return ch, func() {
+	defer e.mu.Unlock()
+	e.swap(func(old []*follower) []*follower { return append(old, f) })
+	return f, func() {
 		e.mu.Lock()
-		delete(e.subs, ch)
-		e.mu.Unlock()
+		defer e.mu.Unlock()
+		e.swap(func(old []*follower) []*follower {
+			return slices.DeleteFunc(old, func(g *follower) bool { return g == f })
+		})
 	}
+}
+
+// swap replaces the follower list by a changed copy (Emit reads it
+// without a lock); e.mu held.
+func (e *Events) swap(change func([]*follower) []*follower) {
+	var old []*follower
+	if p := e.subs.Load(); p != nil {
+		old = slices.Clone(*p)
+	}
+	next := change(old)
+	e.subs.Store(&next)
 }
 
 // LoadTables reads the rules a previous run persisted.
@@ -153,27 +210,40 @@ func ServeControl(ctx context.Context, socket, tablesPath, version string, args 
 		reply(w, api.FQDNClean{Removed: n}, err)
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
-		ch, cancel := events.subscribe()
+		f, cancel := events.subscribe()
 		defer cancel()
-		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Content-Type", eventsContentType)
 		w.WriteHeader(http.StatusOK)
 		fl, _ := w.(http.Flusher)
-		enc := json.NewEncoder(w)
 		if fl != nil {
 			fl.Flush()
 		}
+		delay := time.NewTimer(eventsFlushDelay)
+		defer delay.Stop()
+		var spare []byte
 		for {
 			select {
 			case <-r.Context().Done():
 				return
-			case ev := <-ch:
-				if err := enc.Encode(ev); err != nil {
+			case <-f.ready:
+			}
+			// Let a batch gather.
+			delay.Reset(eventsFlushDelay)
+			select {
+			case <-r.Context().Done():
+				return
+			case <-delay.C:
+			}
+			out := f.take(spare)
+			if len(out) > 0 {
+				if _, err := w.Write(out); err != nil {
 					return
 				}
-				if fl != nil && len(ch) == 0 {
+				if fl != nil {
 					fl.Flush()
 				}
 			}
+			spare = out
 		}
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -274,13 +344,8 @@ func (c *Client) FollowEvents(ctx context.Context, fn func(observe.L7Event), log
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsproxy/v1/events", nil)
 		resp, err := c.hc.Do(req)
 		if err == nil {
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 64<<10), 4<<20)
-			for sc.Scan() {
-				var ev observe.L7Event
-				if err := json.Unmarshal(sc.Bytes(), &ev); err == nil {
-					fn(ev)
-				}
+			if err := readEvents(resp, fn); err != nil && ctx.Err() == nil {
+				log.Warn("dns proxy events", "err", err)
 			}
 			resp.Body.Close()
 		}
@@ -289,5 +354,28 @@ func (c *Client) FollowEvents(ctx context.Context, fn func(observe.L7Event), log
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// readEvents reads one event stream until it ends.
+func readEvents(resp *http.Response, fn func(observe.L7Event)) error {
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("follow events: status %s", resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != eventsContentType {
+		return fmt.Errorf("follow events: content type %q, want %q", ct, eventsContentType)
+	}
+	r := bufio.NewReaderSize(resp.Body, 64<<10)
+	var buf []byte
+	for {
+		ev, b, err := readFrame(r, buf)
+		buf = b
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fn(ev)
 	}
 }
