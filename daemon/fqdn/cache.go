@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -44,6 +45,11 @@ type entryKey struct {
 	ip    netip.Addr
 }
 
+type nameKey struct {
+	local uint32
+	name  string
+}
+
 // Cache keeps the learned addresses and the datapath entries they grant.
 // Several names (or rules) may grant the same entry; it stays until the
 // last one goes.
@@ -54,6 +60,7 @@ type Cache struct {
 	maxIPs  int
 	path    string
 	entries map[entryKey]*Learned
+	byName  map[nameKey]map[netip.Addr]*Learned // the entries again, for the cap per name
 	refs    map[bpf.FQDNKey]map[entryKey]uint32 // cookie each entry grants it with
 	dirty   bool
 }
@@ -78,7 +85,7 @@ func NewCache(w Writer, opts Options, existing map[bpf.FQDNKey]uint32) (*Cache, 
 		opts.MaxIPsPerName = 50
 	}
 	c := &Cache{w: w, minTTL: opts.MinTTL, maxIPs: opts.MaxIPsPerName, path: opts.Path,
-		entries: map[entryKey]*Learned{}, refs: map[bpf.FQDNKey]map[entryKey]uint32{}}
+		entries: map[entryKey]*Learned{}, byName: map[nameKey]map[netip.Addr]*Learned{}, refs: map[bpf.FQDNKey]map[entryKey]uint32{}}
 	var saved []Learned
 	if opts.Path != "" {
 		if _, err := state.ReadJSON(opts.Path, &saved); err != nil {
@@ -132,6 +139,7 @@ func (c *Cache) add(l *Learned) []bpf.FQDNKey {
 	ek := entryKey{l.Local, l.Name, l.IP}
 	var fresh []bpf.FQDNKey
 	c.entries[ek] = l
+	c.index(l)
 	for i, k := range keysOf(l) {
 		h := c.refs[k]
 		if h == nil {
@@ -152,6 +160,11 @@ func (c *Cache) remove(ek entryKey) error {
 		return nil
 	}
 	delete(c.entries, ek)
+	nk := nameKey{ek.local, ek.name}
+	delete(c.byName[nk], ek.ip)
+	if len(c.byName[nk]) == 0 {
+		delete(c.byName, nk)
+	}
 	var errs []error
 	for _, k := range keysOf(l) {
 		h := c.refs[k]
@@ -168,7 +181,11 @@ func (c *Cache) remove(ek entryKey) error {
 // Learn records that name resolved to ips for local (asked by source),
 // valid for ttl (at least the minimum TTL), granting what grants say, and
 // writes the datapath entries before it returns: the caller releases the
-// answer only then.
+// answer only then. An address learned again with the same grants only
+// lives longer: the datapath is not written (a pod resolving the same
+// name in a loop costs no map updates), and a changed grant is written
+// before the one it replaces goes, so the address stays allowed
+// throughout.
 func (c *Cache) Learn(local uint32, source, name string, ips []netip.Addr, ttl time.Duration, grants []Grant) error {
 	if len(grants) == 0 || len(ips) == 0 {
 		return nil
@@ -179,22 +196,88 @@ func (c *Cache) Learn(local uint32, source, name string, ips []netip.Addr, ttl t
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
+	added := false
 	for _, ip := range ips {
-		ek := entryKey{local, name, ip.Unmap()}
-		if old := c.entries[ek]; old != nil {
-			if err := c.remove(ek); err != nil {
-				errs = append(errs, err)
-			}
-			expires = later(expires, old.Expires)
+		ip = ip.Unmap()
+		ek := entryKey{local, name, ip}
+		old := c.entries[ek]
+		if old != nil && slices.Equal(old.Grants, grants) {
+			old.Expires = later(expires, old.Expires)
+			old.Source = source
+			continue
 		}
-		l := &Learned{Local: local, Source: source, Name: name, IP: ip.Unmap(), Expires: expires, Grants: slices.Clone(grants)}
+		l := &Learned{Local: local, Source: source, Name: name, IP: ip, Expires: expires, Grants: slices.Clone(grants)}
+		if old != nil {
+			l.Expires = later(expires, old.Expires)
+			errs = append(errs, c.replace(ek, old, l))
+			continue
+		}
+		added = true
 		for _, k := range c.add(l) {
 			errs = append(errs, c.w.PutFQDN(k, minCookie(c.refs[k])))
 		}
 	}
 	c.dirty = true
-	errs = append(errs, c.capName(local, name))
+	if added {
+		errs = append(errs, c.capName(local, name))
+	}
 	return errors.Join(errs...)
+}
+
+// replace swaps an entry for one with other grants: keys only the new
+// one grants, or whose cookie changes, are written first; keys only the
+// old one granted are deleted after.
+func (c *Cache) replace(ek entryKey, old, l *Learned) error {
+	before := map[bpf.FQDNKey]uint32{}
+	oldKeys, newKeys := keysOf(old), keysOf(l)
+	for _, k := range slices.Concat(oldKeys, newKeys) {
+		if h := c.refs[k]; h != nil {
+			before[k] = minCookie(h)
+		}
+	}
+	for _, k := range oldKeys {
+		delete(c.refs[k], ek)
+	}
+	c.entries[ek] = l
+	c.index(l)
+	for i, k := range newKeys {
+		h := c.refs[k]
+		if h == nil {
+			h = map[entryKey]uint32{}
+			c.refs[k] = h
+		}
+		h[ek] = l.Grants[i].Cookie
+	}
+	var errs []error
+	for _, k := range newKeys {
+		if was, ok := before[k]; !ok || was != minCookie(c.refs[k]) {
+			before[k] = minCookie(c.refs[k]) // written once
+			errs = append(errs, c.w.PutFQDN(k, before[k]))
+		}
+	}
+	for _, k := range oldKeys {
+		h, ok := c.refs[k]
+		switch {
+		case !ok:
+		case len(h) == 0:
+			delete(c.refs, k)
+			errs = append(errs, c.w.DeleteFQDN(k))
+		case before[k] != minCookie(h):
+			before[k] = minCookie(h)
+			errs = append(errs, c.w.PutFQDN(k, before[k]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cache) index(l *Learned) {
+	nk := nameKey{l.Local, l.Name}
+	m := c.byName[nk]
+	if m == nil {
+		m = map[netip.Addr]*Learned{}
+		c.byName[nk] = m
+	}
+	m[l.IP] = l
 }
 
 func later(a, b time.Time) time.Time {
@@ -206,15 +289,11 @@ func later(a, b time.Time) time.Time {
 
 // capName keeps at most maxIPs addresses for local and name.
 func (c *Cache) capName(local uint32, name string) error {
-	var mine []*Learned
-	for ek, l := range c.entries {
-		if ek.local == local && ek.name == name {
-			mine = append(mine, l)
-		}
-	}
-	if len(mine) <= c.maxIPs {
+	byIP := c.byName[nameKey{local, name}]
+	if len(byIP) <= c.maxIPs {
 		return nil
 	}
+	mine := slices.Collect(maps.Values(byIP))
 	slices.SortFunc(mine, func(a, b *Learned) int { return a.Expires.Compare(b.Expires) })
 	var errs []error
 	for _, l := range mine[:len(mine)-c.maxIPs] {

@@ -1,9 +1,11 @@
 package fqdn
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -86,5 +88,61 @@ func TestCacheLearnExpireGrace(t *testing.T) {
 	}
 	if n, _ := c2.Clean(0); n == 0 || len(m2) != 0 {
 		t.Errorf("clean removed %d, map left %v", n, m2)
+	}
+}
+
+// opLog records the datapath writes in order.
+type opLog struct {
+	m   fakeMap
+	ops []string
+}
+
+func (o *opLog) PutFQDN(k bpf.FQDNKey, c uint32) error {
+	o.ops = append(o.ops, fmt.Sprintf("put %d:%d=%d", k.Proto, k.Port, c))
+	return o.m.PutFQDN(k, c)
+}
+
+func (o *opLog) DeleteFQDN(k bpf.FQDNKey) error {
+	o.ops = append(o.ops, fmt.Sprintf("del %d:%d", k.Proto, k.Port))
+	return o.m.DeleteFQDN(k)
+}
+
+func TestCacheRelearnWritesOnlyChanges(t *testing.T) {
+	w := &opLog{m: fakeMap{}}
+	c, err := NewCache(w, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("203.0.113.1")
+	g443 := []Grant{{Selector: "*.example.com", Proto: 6, Port: 443, Cookie: 7}}
+	learn := func(ttl time.Duration, g []Grant) {
+		t.Helper()
+		if err := c.Learn(300, "10.0.0.1", "www.example.com.", []netip.Addr{a}, ttl, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	learn(time.Minute, g443)
+	learn(time.Hour, g443)
+	learn(time.Second, g443)
+	if want := []string{"put 6:443=7"}; !slices.Equal(w.ops, want) {
+		t.Errorf("learning one answer three times wrote %v, want %v", w.ops, want)
+	}
+	if l := c.List(); len(l) != 1 || time.Until(l[0].Expires) < 59*time.Minute {
+		t.Errorf("the longest TTL learned should hold: %+v", l)
+	}
+	// Other grants for the same address: the new key is written before the
+	// old one goes, and a key both grant with another cookie is rewritten.
+	w.ops = nil
+	learn(time.Minute, []Grant{{Selector: "*.example.com", Proto: 6, Port: 443, Cookie: 5}, {Selector: "*.example.com", Proto: 6, Port: 8443, Cookie: 5}})
+	if want := []string{"put 6:443=5", "put 6:8443=5"}; !slices.Equal(w.ops, want) {
+		t.Errorf("changed grants wrote %v, want %v", w.ops, want)
+	}
+	w.ops = nil
+	learn(time.Minute, []Grant{{Selector: "*.example.com", Proto: 6, Port: 8443, Cookie: 5}})
+	if want := []string{"del 6:443"}; !slices.Equal(w.ops, want) {
+		t.Errorf("a dropped grant wrote %v, want %v", w.ops, want)
+	}
+	if len(w.m) != 1 {
+		t.Errorf("map %v", w.m)
 	}
 }
