@@ -25,7 +25,9 @@ func RegenStatusFrom(start time.Time, err error) api.RegenStatus {
 func (a *Agent) Status() api.Status {
 	a.mu.Lock()
 	st := api.Status{
-		Ready:          a.snap != nil,
+		// Ready when ADD would be: the first snapshot compiled, not
+		// only received.
+		Ready:          a.compiled != nil,
 		Version:        Version,
 		NodeName:       a.cfg.NodeName,
 		Started:        a.started,

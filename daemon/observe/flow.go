@@ -37,21 +37,43 @@ type Resolver interface {
 	NodeName() string
 }
 
+// flowBlock is a flow and the messages it points to, allocated as one: at
+// hundreds of thousands of events a second the reader's time goes mostly
+// to allocation and garbage collection, and a dozen small objects per flow
+// cost far more than one. Labels are shared with the resolver's tables,
+// which are never changed in place.
+type flowBlock struct {
+	f        flow.Flow
+	ts       timestamppb.Timestamp
+	ip       flow.IP
+	src, dst flow.Endpoint
+	reply    wrapperspb.BoolValue
+	et       flow.CiliumEventType
+	l4       flow.Layer4
+	tcp      flow.TCP
+	tcpOf    flow.Layer4_TCP
+	flags    flow.TCPFlags
+	udp      flow.UDP
+	udpOf    flow.Layer4_UDP
+	policy   [1]*flow.Policy
+	pol      flow.Policy
+}
+
 // toFlow enriches one datapath event into a Hubble flow.
 func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow {
-	f := &flow.Flow{
-		Time:     timestamppb.New(ev.Time),
-		NodeName: r.NodeName(),
-		Type:     flow.FlowType_L3_L4,
-		IP: &flow.IP{
-			Source:      ev.Src.Addr().String(),
-			Destination: ev.Dst.Addr().String(),
-			IpVersion:   flow.IPVersion_IPv4,
-		},
-		Source:      endpoint(r.Peer(ev.Src.Addr(), ev.SrcIdentity)),
-		Destination: endpoint(r.Peer(ev.Dst.Addr(), ev.DstIdentity)),
-		IsReply:     wrapperspb.Bool(ev.CTState == bpf.CTReply),
-	}
+	b := &flowBlock{}
+	f := &b.f
+	b.ts.Seconds, b.ts.Nanos = ev.Time.Unix(), int32(ev.Time.Nanosecond())
+	f.Time = &b.ts
+	f.NodeName = r.NodeName()
+	f.Type = flow.FlowType_L3_L4
+	b.ip.Source, b.ip.Destination, b.ip.IpVersion = ev.Src.Addr().String(), ev.Dst.Addr().String(), flow.IPVersion_IPv4
+	f.IP = &b.ip
+	fillEndpoint(&b.src, r.Peer(ev.Src.Addr(), ev.SrcIdentity))
+	fillEndpoint(&b.dst, r.Peer(ev.Dst.Addr(), ev.DstIdentity))
+	f.Source, f.Destination = &b.src, &b.dst
+	b.reply.Value = ev.CTState == bpf.CTReply
+	f.IsReply = &b.reply
 	if ev.Dir == uint8(policy.Egress) {
 		f.TrafficDirection = flow.TrafficDirection_EGRESS
 		f.TraceObservationPoint = flow.TraceObservationPoint_FROM_ENDPOINT
@@ -64,14 +86,34 @@ func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow {
 		f.Verdict = flow.Verdict_DROPPED
 		f.DropReasonDesc = flow.DropReason(ev.Reason)
 		f.DropReason = uint32(ev.Reason)
-		f.EventType = &flow.CiliumEventType{Type: 1, SubType: int32(ev.Reason)}
+		b.et.Type, b.et.SubType = 1, int32(ev.Reason)
 	} else {
 		f.Verdict = flow.Verdict_FORWARDED
-		f.EventType = &flow.CiliumEventType{Type: 4}
+		b.et.Type = 4
 	}
-	f.L4 = l4(ev)
+	f.EventType = &b.et
+	sp, dp := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
+	switch ev.Proto {
+	case policy.ProtoTCP:
+		fl := ev.TCPFlags
+		b.flags.FIN, b.flags.SYN, b.flags.RST = fl&0x01 != 0, fl&0x02 != 0, fl&0x04 != 0
+		b.flags.PSH, b.flags.ACK, b.flags.URG = fl&0x08 != 0, fl&0x10 != 0, fl&0x20 != 0
+		b.tcp.SourcePort, b.tcp.DestinationPort, b.tcp.Flags = sp, dp, &b.flags
+		b.tcpOf.TCP = &b.tcp
+		b.l4.Protocol = &b.tcpOf
+		f.L4 = &b.l4
+	case policy.ProtoUDP:
+		b.udp.SourcePort, b.udp.DestinationPort = sp, dp
+		b.udpOf.UDP = &b.udp
+		b.l4.Protocol = &b.udpOf
+		f.L4 = &b.l4
+	default:
+		f.L4 = l4(ev)
+	}
 	if ref, ok := r.Rule(ev.Cookie); ok && ref.Name != "" {
-		p := []*flow.Policy{{Name: ref.Name, Namespace: ref.Namespace, Kind: ref.Kind}}
+		b.pol.Name, b.pol.Namespace, b.pol.Kind = ref.Name, ref.Namespace, ref.Kind
+		b.policy[0] = &b.pol
+		p := b.policy[:]
 		switch {
 		case ev.Dropped && f.TrafficDirection == flow.TrafficDirection_EGRESS:
 			f.EgressDeniedBy = p
@@ -86,14 +128,14 @@ func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow {
 	return f
 }
 
+func fillEndpoint(e *flow.Endpoint, p Peer) {
+	e.ID, e.Identity, e.Namespace, e.PodName, e.Labels = p.EndpointID, p.Identity, p.Namespace, p.PodName, p.Labels
+}
+
 func endpoint(p Peer) *flow.Endpoint {
-	e := &flow.Endpoint{
-		ID:        p.EndpointID,
-		Identity:  p.Identity,
-		Namespace: p.Namespace,
-		PodName:   p.PodName,
-		Labels:    slices.Clone(p.Labels),
-	}
+	e := &flow.Endpoint{}
+	fillEndpoint(e, p)
+	e.Labels = slices.Clone(p.Labels)
 	return e
 }
 
