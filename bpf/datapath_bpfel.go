@@ -20,24 +20,25 @@ type datapathCounter struct {
 }
 
 type datapathCtEntry struct {
-	_            structs.HostLayout
-	ExpiresNs    uint64
-	LastReportNs uint64
-	PacketsFwd   uint64
-	BytesFwd     uint64
-	PacketsRev   uint64
-	BytesRev     uint64
-	PolicyRev    uint32
-	Cookie       uint32
-	SrcIdentity  uint32
-	DstIdentity  uint32
-	FlagsFwd     uint8
-	FlagsRev     uint8
-	Closing      uint8
-	Scope        uint8
-	A_isSrc      uint8
-	Redirect     uint8
-	Pad          [2]uint8
+	_             structs.HostLayout
+	ExpiresNs     uint64
+	LastReportNs  uint64
+	PacketsFwd    uint64
+	BytesFwd      uint64
+	PacketsRev    uint64
+	BytesRev      uint64
+	PolicyRev     uint32
+	Cookie        uint32
+	SrcIdentity   uint32
+	DstIdentity   uint32
+	FlagsFwd      uint8
+	FlagsRev      uint8
+	Closing       uint8
+	Scope         uint8
+	A_isSrc       uint8
+	Redirect      uint8
+	ProxyUpstream uint8
+	Pad           uint8
 }
 
 type datapathCtKey struct {

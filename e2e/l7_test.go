@@ -38,7 +38,9 @@ func serveHTTP(t *testing.T, ns *netns.NS, addr, name string) {
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
-		fmt.Fprintf(w, "%s: %s %s host=%s body=%d", name, r.Method, r.URL.Path, r.Host, len(body))
+		// The peer's address, as the server sees it: the client's own
+		// when the proxy connects from it.
+		fmt.Fprintf(w, "%s: %s %s host=%s body=%d from=%s", name, r.Method, r.URL.Path, r.Host, len(body), r.RemoteAddr)
 	})
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
@@ -93,8 +95,8 @@ func TestL7HTTP(t *testing.T) {
 	c.CloseIdleConnections()
 
 	code, body, err := get("GET", "/", nil)
-	if err != nil || code != 200 || !strings.Contains(body, "product-service: GET / host="+ps.Addr(3002)) {
-		t.Errorf("GET /: %d %q %v", code, body, err)
+	if err != nil || code != 200 || !strings.Contains(body, "product-service: GET / host="+ps.Addr(3002)) || !strings.Contains(body, " from="+sf.IP.String()+":") {
+		t.Errorf("GET /: %d %q %v, want product-service's answer to store-front's address", code, body, err)
 	}
 	for _, tc := range []struct{ method, path string }{{"POST", "/"}, {"GET", "/admin"}, {"DELETE", "/"}} {
 		code, body, err := get(tc.method, tc.path, nil)
@@ -313,16 +315,17 @@ func TestL7HTTPIngress(t *testing.T) {
 	for _, from := range []struct {
 		name  string
 		ns    *netns.NS
+		ip    string
 		cases []struct {
 			method, path string
 			code         int
 		}
 	}{
-		{"store-front", sf.NS, []struct {
+		{"store-front", sf.NS, sf.IP.String(), []struct {
 			method, path string
 			code         int
 		}{{"GET", "/", 200}, {"POST", "/", 403}, {"GET", "/admin", 403}, {"GET", "/", 200}}},
-		{"outside 192.0.2.10", out.NS, []struct {
+		{"outside 192.0.2.10", out.NS, out.Addrs[0], []struct {
 			method, path string
 			code         int
 		}{{"GET", "/", 200}, {"POST", "/", 403}, {"GET", "/", 200}}},
@@ -339,6 +342,9 @@ func TestL7HTTPIngress(t *testing.T) {
 				t.Errorf("from %s: %s %s: %d %q, want %d", from.name, tc.method, tc.path, code, body, tc.code)
 			case code == 200 && !strings.HasPrefix(body, "product-service: GET / host="+ps.Addr(3002)):
 				t.Errorf("from %s: GET /: %q, not product-service's answer", from.name, body)
+			case code == 200 && !strings.HasSuffix(body, " from="+conns[len(conns)-1]):
+				// The proxy connects from the client's address and port.
+				t.Errorf("from %s: GET / reached the server as %q, want from=%s", from.name, body, conns[len(conns)-1])
 			case code == 403 && strings.TrimSpace(body) != "Access denied":
 				t.Errorf("from %s: %s %s: %q, want Access denied", from.name, tc.method, tc.path, body)
 			}
@@ -435,4 +441,150 @@ func checkIngressHTTPFlows(t *testing.T, n *node.Node, podSrc, outSrc string) {
 	if t.Failed() {
 		t.Logf("flows:\n%s", strings.Join(lines, "\n"))
 	}
+}
+
+const storeFrontHTTPEgress = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: store-front-http, namespace: pets}
+spec:
+  endpointSelector: {matchLabels: {app: store-front}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: product-service}}]
+    toPorts: [{ports: [{port: "3002", protocol: TCP}], rules: {http: [{method: GET, path: "/"}]}}]
+`
+
+// productServiceIngress lets the named apps into product-service:3002.
+func productServiceIngress(apps ...string) string {
+	return `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: product-service-ingress, namespace: pets}
+spec:
+  podSelector: {matchLabels: {app: product-service}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchExpressions: [{key: app, operator: In, values: [` + strings.Join(apps, ", ") + `]}]}}]
+    ports: [{port: 3002, protocol: TCP}]
+`
+}
+
+// TestL7HTTPUpstreamPolicy: the HTTP proxy connects to the server from the
+// client's own address and port, so the server's L3/L4 ingress policy
+// still judges the client. store-front's egress HTTP rule lets GET / out,
+// but product-service takes only order-service: the proxy's connection is
+// dropped at product-service (as Cilium drops its proxy's upstream SYN)
+// and store-front gets 503, not 403 (no HTTP rule denied it). Once
+// product-service lets store-front in, the server sees store-front's own
+// address and port.
+func TestL7HTTPUpstreamPolicy(t *testing.T) {
+	n := node.New(t, node.Options{})
+	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil))
+	var manifests []string
+	for _, name := range []string{"store-front", "product-service", "order-service"} {
+		manifests = append(manifests, node.PodManifest("pets", name, petStoreLabels(name)))
+	}
+	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
+	n.StartDaemon()
+	sf := n.NewPod("pets", "store-front", nil)
+	ps := n.NewPod("pets", "product-service", nil)
+	orders := n.NewPod("pets", "order-service", nil)
+	serveHTTP(t, ps.NS, ps.Addr(3002), "product-service")
+	n.Apply("10-store-front.yaml", storeFrontHTTPEgress)
+	n.Apply("11-product-service.yaml", productServiceIngress("order-service"))
+
+	base := "http://" + ps.Addr(3002)
+	// do sends one request and returns the client's local address too.
+	do := func(c *http.Client, method, path string) (code int, body, local string, err error) {
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { local = i.Conn.LocalAddr().String() }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), method, base+path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", local, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), local, nil
+	}
+	// The proxy waits out its connect timeout (3s) before it answers.
+	slow := podClient(sf.NS)
+	slow.Timeout = 10 * time.Second
+	start := time.Now()
+	code, body, _, err := do(slow, "GET", "/")
+	if err != nil || code != http.StatusServiceUnavailable || strings.Contains(body, "product-service:") {
+		t.Errorf("GET / from store-front, which product-service does not let in: %d %q %v after %v, want 503", code, body, err, time.Since(start).Round(time.Millisecond))
+	}
+	// A request no HTTP rule allows is still the proxy's 403.
+	if code, body, _, err := do(slow, "POST", "/"); err != nil || code != 403 || strings.TrimSpace(body) != "Access denied" {
+		t.Errorf("POST / from store-front: %d %q %v, want 403 Access denied", code, body, err)
+	}
+	checkUpstreamDrop(t, n, sf.IP.String())
+	// order-service, which the policy names, gets in directly.
+	if code, body, _, err := do(podClient(orders.NS), "GET", "/"); err != nil || code != 200 || !strings.Contains(body, "from="+orders.IP.String()+":") {
+		t.Errorf("GET / from order-service: %d %q %v, want 200 from its address", code, body, err)
+	}
+
+	n.Apply("11-product-service.yaml", productServiceIngress("order-service", "store-front"))
+	c := podClient(sf.NS)
+	// Keep-alive: allowed and denied requests mixed on one connection;
+	// each allowed one reaches the server from store-front's own address
+	// and port, over one upstream connection.
+	var conns []string
+	for i, tc := range []struct {
+		method, path string
+		code         int
+	}{{"GET", "/", 200}, {"GET", "/admin", 403}, {"GET", "/", 200}, {"POST", "/", 403}, {"GET", "/", 200}} {
+		code, body, local, err := do(c, tc.method, tc.path)
+		conns = append(conns, local)
+		switch {
+		case err != nil:
+			t.Fatalf("request %d, %s %s: %v", i, tc.method, tc.path, err)
+		case code != tc.code:
+			t.Errorf("request %d, %s %s: %d %q, want %d", i, tc.method, tc.path, code, body, tc.code)
+		case code == 200 && !strings.HasSuffix(body, " from="+local):
+			t.Errorf("request %d: GET / reached the server as %q, want from=%s (store-front's own address and port)", i, body, local)
+		}
+	}
+	for _, conn := range conns {
+		if conn != conns[0] {
+			t.Errorf("requests did not share one connection: %v", conns)
+			break
+		}
+	}
+	// A new client connection gets an upstream connection of its own.
+	c.CloseIdleConnections()
+	if code, body, local, err := do(c, "GET", "/"); err != nil || code != 200 || !strings.HasSuffix(body, " from="+local) || local == conns[0] {
+		t.Errorf("GET / on a new connection: %d %q from %s %v, want 200 from=%s (not %s)", code, body, local, err, local, conns[0])
+	}
+}
+
+// checkUpstreamDrop: the proxy's connection from store-front's address is
+// a DROPPED flow at product-service, INGRESS, POLICY_DENIED, with
+// store-front as its source and product-service's policy named.
+func checkUpstreamDrop(t *testing.T, n *node.Node, src string) {
+	t.Helper()
+	var lines []string
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := n.CLI("observe", "-o", "json", "--verdict", "DROPPED", "--to-pod", "pets/product-service", "--last", "100")
+		if err != nil {
+			t.Fatalf("aegis observe: %v\n%s", err, out)
+		}
+		lines = strings.Split(strings.TrimSpace(out), "\n")
+		for _, line := range lines {
+			if !strings.HasPrefix(line, "{") {
+				continue
+			}
+			var f flow.Flow
+			if err := protojson.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("decode %q: %v", line, err)
+			}
+			by := f.GetIngressDeniedBy()
+			if f.GetL7() == nil && f.GetIP().GetSource() == src && f.GetSource().GetPodName() == "store-front" &&
+				f.GetDropReasonDesc() == flow.DropReason_POLICY_DENIED && f.GetTrafficDirection() == flow.TrafficDirection_INGRESS &&
+				f.GetL4().GetTCP().GetDestinationPort() == 3002 && len(by) == 1 && by[0].GetName() == "product-service-ingress" {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("no DROPPED flow store-front (%s) -> product-service:3002 naming product-service-ingress; flows:\n%s", src, strings.Join(lines, "\n"))
 }

@@ -36,7 +36,8 @@
 #define DROP_UNSUPPORTED_L3 139  /* UNSUPPORTED_L3_PROTOCOL */
 #define DROP_FRAG_NOT_FOUND 175  /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND */
 #define DROP_POLICY_DENY 181     /* an explicit deny rule matched */
-#define DROP_SOCKET_LOOKUP 178   /* SOCKET_LOOKUP_FAILED: the proxy is not listening */
+#define DROP_SOCKET_LOOKUP 178   /* SOCKET_LOOKUP_FAILED: the proxy is not listening,
+				 * or its upstream socket is gone */
 #define DROP_SOCKET_ASSIGN 179   /* SOCKET_ASSIGN_FAILED */
 #define DROP_PROXY_PROTO 180     /* PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL */
 

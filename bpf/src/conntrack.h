@@ -47,7 +47,9 @@ struct ct_entry {
 	__u8 scope;             /* DIR_* of the hook that created the entry */
 	__u8 a_is_src;          /* the key's end a sent the first packet */
 	__u8 redirect;          /* ACTION_REDIRECT_* the connection goes through, or 0 */
-	__u8 pad[2];
+	__u8 proxy_upstream;    /* the HTTP proxy's connection from a client's address
+				 * into this endpoint: replies go to the proxy (proxy.h) */
+	__u8 pad;
 };
 
 struct {

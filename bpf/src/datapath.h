@@ -17,6 +17,11 @@
 static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action, __u8 dir,
 				    __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now);
 
+/* to_upstream hands a pod's answer on the HTTP proxy's upstream connection
+ * to the proxy. */
+static __always_inline int to_upstream(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				       const struct ct_entry *e, __u64 now);
+
 static __always_inline int drop(struct __sk_buff *skb, const struct tuple *t, __u8 reason,
 				__u8 dir, __u32 src_id, __u32 dst_id, __u32 cookie, __u64 now)
 {
@@ -73,20 +78,29 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	__u8 a_is_src = 0;
 	if (rc == PARSE_OK) {
 		/* Precedence: a reply of a connection this endpoint allowed in
-		 * the other direction passes without policy; then a connection
-		 * of this direction judged under the current policy revision.
-		 * Both skip the ipcache and policy lookups: most packets end
-		 * here. */
+		 * the other direction passes without policy (to the HTTP proxy
+		 * if the proxy opened it); then a connection of this direction
+		 * judged under the current policy revision (the proxy's own
+		 * packets into the pod pass where the client's are sent to the
+		 * proxy: the two share a tuple). Both skip the ipcache and
+		 * policy lookups: most packets end here. */
 		ct_key_of(&key, &t, skb->ifindex, &a_is_src);
 		e = ct_lookup(&key, now);
 		if (e && e->scope != dir) {
 			fresh = ct_account(e, &t, 1, now);
 			maybe_report(skb, &t, e, fresh, 1, dir, now);
+			if (e->proxy_upstream)
+				return to_upstream(skb, &t, dir, e, now);
 			return forward(&t, dir);
 		}
 		if (e && e->policy_rev == policy_revision()) {
 			fresh = ct_account(e, &t, 0, now);
 			maybe_report(skb, &t, e, fresh, 0, dir, now);
+			if (dir == DIR_INGRESS && from_proxy_upstream(skb)) {
+				if (!e->proxy_upstream)
+					e->proxy_upstream = 1;
+				return forward(&t, dir);
+			}
 			if (e->redirect)
 				return to_proxy(skb, &t, e->redirect, dir, e->src_identity, e->dst_identity, e->cookie, now);
 			return forward(&t, dir);
@@ -131,13 +145,16 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 			verdict.cookie = default_cookie;
 	}
 	/* DNS is redirected on the pod's own packets only; HTTP both ways
-	 * (traffic to the pod is bounced, see proxy.h), except the proxy's
-	 * own connection to the server: the proxy judged its requests on both
-	 * sides already. */
+	 * (traffic to the pod is bounced, see proxy.h). The proxy's own
+	 * connection into the pod, from the client's address, is judged as
+	 * the client's, but a redirect lets it in: the proxy applied the
+	 * pod's HTTP rules already. The entry keeps the redirect all the
+	 * same, for the client's packets on the same tuple. */
+	__u8 upstream = dir == DIR_INGRESS && from_proxy_upstream(skb);
 	__u8 redirect = 0;
 	if (dir == DIR_EGRESS && (verdict.action == ACTION_REDIRECT_DNS || verdict.action == ACTION_REDIRECT_L7))
 		redirect = verdict.action;
-	if (dir == DIR_INGRESS && verdict.action == ACTION_REDIRECT_L7 && !from_proxy_upstream(skb))
+	if (dir == DIR_INGRESS && verdict.action == ACTION_REDIRECT_L7)
 		redirect = verdict.action;
 	if (verdict.action == ACTION_DENY) {
 		if (e)
@@ -151,20 +168,35 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		e->policy_rev = rev;
 		e->cookie = verdict.cookie;
 		e->redirect = redirect;
+		if (upstream)
+			e->proxy_upstream = 1;
 		fresh = ct_account(e, &t, 0, now);
 		maybe_report(skb, &t, e, fresh, 0, dir, now);
-		if (redirect)
+		if (redirect && !upstream)
 			return to_proxy(skb, &t, redirect, dir, src_id, dst_id, verdict.cookie, now);
 		return forward(&t, dir);
 	}
 
 	e = ct_create(&key, &t, dir, a_is_src, src_id, dst_id, verdict.cookie, rev, now);
-	if (e && redirect)
+	if (e) {
 		e->redirect = redirect;
+		e->proxy_upstream = upstream;
+	}
 	emit(&t, skb->ifindex, EVENT_NEW, 0, dir, src_id, dst_id, verdict.cookie, CT_NEW, 1, t.len, now);
-	if (redirect)
+	if (redirect && !upstream)
 		return to_proxy(skb, &t, redirect, dir, src_id, dst_id, verdict.cookie, now);
 	return forward(&t, dir);
+}
+
+static __always_inline int to_upstream(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				       const struct ct_entry *e, __u64 now)
+{
+	int reason = assign_upstream_reply(skb, t);
+
+	if (reason)
+		return drop(skb, t, reason, dir, e->dst_identity, e->src_identity, e->cookie, now);
+	count(REASON_FORWARDED, dir, t->len);
+	return TCX_PASS;
 }
 
 static __always_inline int to_proxy(struct __sk_buff *skb, const struct tuple *t, __u8 action, __u8 dir,

@@ -17,7 +17,16 @@
  * source address, so the node's reverse path filter must not be strict
  * there (rp_filter 0 or 2 on the veth and in conf/all; the kernel takes the
  * larger): Cilium runs its pod interfaces with rp_filter 0 for the same
- * reason, and aegis-cni turns it off on each host veth it attaches to. */
+ * reason, and aegis-cni turns it off on each host veth it attaches to.
+ *
+ * The HTTP proxy connects to a pod from the client's own address and port
+ * (an IP_TRANSPARENT socket, marked PROXY_UPSTREAM_MARK), so the pod's
+ * ingress policy judges the client, not the node. The pod answers that
+ * address: its from-pod hook hands the answers to the proxy's socket the
+ * way redirect_to_proxy does (assign_upstream_reply), else the node would
+ * route them to the client. The client's port keeps the tuple the one the
+ * client itself would have used: in the pod's namespace it collides with
+ * nothing, since the client's own connection ends at the proxy. */
 #ifndef AEGIS_PROXY_H
 #define AEGIS_PROXY_H
 
@@ -149,6 +158,38 @@ static __always_inline int is_bounced(const struct __sk_buff *skb)
 static __always_inline int from_proxy_upstream(const struct __sk_buff *skb)
 {
 	return (skb->mark & PROXY_MARK_MASK) == PROXY_UPSTREAM_MARK;
+}
+
+/* assign_upstream_reply hands a pod's answer on the HTTP proxy's upstream
+ * connection (ct_entry.proxy_upstream) to the proxy's socket; 0 on success,
+ * else the drop reason. The socket's local end is the answer's
+ * destination, so an established lookup by the answer's tuple finds it; a
+ * listener is someone else's. */
+static __always_inline int assign_upstream_reply(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	long ret;
+
+	if (t->proto != IPPROTO_TCP)
+		return DROP_PROXY_PROTO;
+	tuple.ipv4.saddr = t->saddr;
+	tuple.ipv4.daddr = t->daddr;
+	tuple.ipv4.sport = t->sport;
+	tuple.ipv4.dport = t->dport;
+	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return DROP_SOCKET_LOOKUP;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return DROP_SOCKET_LOOKUP;
+	}
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (ret)
+		return DROP_SOCKET_ASSIGN;
+	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
+	return 0;
 }
 
 /* assign_bounced hands a bounced packet to the HTTP proxy; 0 on success,

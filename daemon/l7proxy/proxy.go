@@ -1,9 +1,10 @@
 // Package l7proxy is the transparent HTTP proxy. The datapath hands it the
 // connections of pods to ports with HTTP rules (bpf_sk_assign to its
 // IP_TRANSPARENT listener); it reads each HTTP/1.1 request, forwards those
-// a rule matches to the address the pod connected to, answers the others
-// `403 Access denied`, and reports every request and response as an L7
-// HTTP flow.
+// a rule matches to the address the pod connected to (from the client's
+// own address, so the server's policy still judges the client: see
+// upstream.go), answers the others `403 Access denied`, and reports every
+// request and response as an L7 HTTP flow.
 package l7proxy
 
 import (
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/cilium/cilium/api/v1/flow"
 	"golang.org/x/sys/unix"
 
+	"github.com/aegis-cni/aegis/bpf"
 	"github.com/aegis-cni/aegis/daemon/observe"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
@@ -35,26 +38,36 @@ type Config struct {
 	HeaderTimeout, IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a request's headers (more gets 431).
 	MaxHeaderBytes int
+	// ConnectTimeout bounds an upstream connect: a server whose policy
+	// drops the client's connection never answers (the client gets 503).
+	ConnectTimeout time.Duration
 }
 
-// Datapath gives identities of addresses.
+// Datapath gives identities of addresses and the endpoints behind host
+// veths.
 type Datapath interface {
 	LookupIPCache(addr netip.Addr) uint32
+	LookupEndpoint(ifindex uint32) (bpf.EndpointInfo, bool)
 }
 
 // Proxy is the HTTP proxy.
 type Proxy struct {
-	cfg     Config
-	dp      Datapath
-	emit    func(observe.HTTPEvent)
-	log     *slog.Logger
-	res     atomic.Pointer[policy.Result]
-	ln      net.Listener
-	srv     *http.Server
-	rp      *httputil.ReverseProxy
-	m       matcher
-	Allowed atomic.Uint64
-	Denied  atomic.Uint64
+	cfg  Config
+	dp   Datapath
+	emit func(observe.HTTPEvent)
+	log  *slog.Logger
+	res  atomic.Pointer[policy.Result]
+	ln   net.Listener
+	srv  *http.Server
+	rp   *httputil.ReverseProxy
+	m    matcher
+	// shared is the transport of connections from the node's address;
+	// conns the client connections open, to close their own transports.
+	shared      *http.Transport
+	conns       sync.Map // net.Conn -> *connInfo
+	viaEndpoint func(netip.Addr) (bool, error)
+	Allowed     atomic.Uint64
+	Denied      atomic.Uint64
 }
 
 type ctxKey int
@@ -70,14 +83,16 @@ const (
 type connInfo struct {
 	src, dst     netip.AddrPort
 	srcID, dstID uint32
+	up           upstream
 }
 
 // UpstreamMark marks the proxy's connections to servers (PROXY_UPSTREAM_MARK
-// in bpf/src/proxy.h): the datapath does not hand them to the proxy again
-// when the server's ingress policy has HTTP rules, since the proxy judged
-// the request on both sides already. It lies in the nibble Aegis owns
-// (PROXY_MARK_MASK) and differs from PROXY_MARK, so policy routing leaves
-// these packets alone.
+// in bpf/src/proxy.h): the datapath judges them by the server's ingress
+// policy as the client's, but does not hand them to the proxy again when
+// that policy has HTTP rules, since the proxy judged the request on both
+// sides already; it hands the server's answers to the proxy. It lies in
+// the nibble Aegis owns (PROXY_MARK_MASK) and differs from PROXY_MARK, so
+// policy routing leaves these packets alone.
 const UpstreamMark = 0x0b00
 
 // New opens the listener.
@@ -91,10 +106,14 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 	if cfg.MaxHeaderBytes == 0 {
 		cfg.MaxHeaderBytes = 64 << 10
 	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 3 * time.Second
+	}
 	if emit == nil {
 		emit = func(observe.HTTPEvent) {}
 	}
 	p := &Proxy{cfg: cfg, dp: dp, emit: emit, log: log}
+	p.viaEndpoint = func(a netip.Addr) (bool, error) { return routesToEndpoint(dp, a) }
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -114,30 +133,10 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 		return nil, fmt.Errorf("http proxy: listen :%d: %w", cfg.Port, err)
 	}
 	p.ln = ln
-	tr := &http.Transport{
-		// Upstream connections go to the address the pod connected to,
-		// whatever the request's Host says.
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			dst, _ := ctx.Value(keyDst).(netip.AddrPort)
-			d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				if err := c.Control(func(fd uintptr) {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, UpstreamMark)
-				}); err != nil {
-					return err
-				}
-				if serr != nil {
-					return fmt.Errorf("mark upstream socket: %w", serr)
-				}
-				return nil
-			}}
-			return d.DialContext(ctx, "tcp4", dst.String())
-		},
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       cfg.IdleTimeout,
-		ResponseHeaderTimeout: 60 * time.Second,
-		DisableCompression:    true,
-	}
+	p.shared = newTransport(cfg.IdleTimeout, false, func(ctx context.Context) (net.Conn, error) {
+		dst, _ := ctx.Value(keyDst).(netip.AddrPort)
+		return dialUpstream(ctx, netip.AddrPort{}, dst, cfg.ConnectTimeout)
+	})
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			dst, _ := pr.In.Context().Value(keyDst).(netip.AddrPort)
@@ -146,16 +145,30 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 			// The client's view stays: its Host header, no X-Forwarded-*.
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     tr,
+		Transport:     roundTripper{p},
 		FlushInterval: -1, // stream bodies as they come
 		ModifyResponse: func(resp *http.Response) error {
 			p.respond(resp.Request.Context(), uint32(resp.StatusCode))
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			p.log.Debug("http proxy: upstream", "err", err)
-			w.WriteHeader(http.StatusBadGateway)
-			p.respond(r.Context(), http.StatusBadGateway)
+			code := upstreamStatus(err)
+			var ue *upstreamError
+			if errors.As(err, &ue) && ue.stage != stageConnect {
+				// The proxy's own failure, not the server's: worth a
+				// warning.
+				p.log.Warn("http proxy: upstream", "err", err)
+			} else {
+				p.log.Debug("http proxy: upstream", "err", err)
+			}
+			if code == http.StatusServiceUnavailable {
+				w.Header().Set("Content-Type", "text/plain")
+				w.WriteHeader(code)
+				_, _ = w.Write([]byte("upstream connect error\r\n"))
+			} else {
+				w.WriteHeader(code)
+			}
+			p.respond(r.Context(), uint32(code))
 		},
 	}
 	p.srv = &http.Server{
@@ -172,7 +185,16 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 			src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 			ci := &connInfo{src: src, dst: dst, srcID: p.dp.LookupIPCache(src.Addr()), dstID: p.dp.LookupIPCache(dst.Addr())}
+			p.conns.Store(c, ci)
 			return context.WithValue(context.WithValue(ctx, keyDst, dst), keyConn, ci)
+		},
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s != http.StateClosed && s != http.StateHijacked {
+				return
+			}
+			if v, ok := p.conns.LoadAndDelete(c); ok {
+				v.(*connInfo).up.close()
+			}
 		},
 	}
 	return p, nil

@@ -1,0 +1,211 @@
+package l7proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Upstream connections. Into a pod on this node, the proxy connects from
+// the client's own address and port (an IP_TRANSPARENT socket bound to
+// them), as Cilium's proxy does: the pod's ingress policy then judges the
+// client, where the node's address would be let in as the host. The
+// datapath hands the pod's answers to the socket (bpf/src/proxy.h). The
+// client's port keeps the tuple one the pod's namespace has room for: the
+// client's own connection ends at the proxy.
+//
+// Anywhere else (another node, outside), answers to a client's address
+// would not pass a pod's veth on their way back, so the datapath could not
+// hand them to the proxy: those connections leave from the node's address.
+
+// upstreamError is a failure to open an upstream connection: bind when the
+// client's address and port could not be taken, connect when the server
+// could not be reached (refused, or its SYN dropped by its policy).
+type upstreamError struct {
+	stage string
+	src   netip.AddrPort // the address bound, if any
+	dst   netip.AddrPort
+	err   error
+}
+
+func (e *upstreamError) Error() string {
+	if e.src.IsValid() {
+		return fmt.Sprintf("%s upstream %s from %s: %v", e.stage, e.dst, e.src, e.err)
+	}
+	return fmt.Sprintf("%s upstream %s: %v", e.stage, e.dst, e.err)
+}
+
+func (e *upstreamError) Unwrap() error { return e.err }
+
+const (
+	stageBind    = "bind"
+	stageConnect = "connect"
+	stageRoute   = "route"
+)
+
+// upstreamStatus is the status a client gets for a failed request: 503
+// when the server could not be reached, as Envoy answers a connect
+// failure or timeout (Cilium's proxy, where the server's policy drops the
+// proxy's SYN); 502 for everything else, a socket the proxy could not set
+// up included.
+func upstreamStatus(err error) int {
+	var ue *upstreamError
+	if errors.As(err, &ue) && ue.stage == stageConnect {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
+}
+
+// markControl marks a socket UpstreamMark and, with transparent, lets it
+// bind to an address that is not the node's (IP_TRANSPARENT) and to a port
+// an older connection of the same client left in TIME_WAIT (SO_REUSEADDR).
+func markControl(transparent bool) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, UpstreamMark); serr != nil {
+				serr = fmt.Errorf("mark upstream socket: %w", serr)
+				return
+			}
+			if !transparent {
+				return
+			}
+			for _, o := range [][2]int{{unix.SOL_IP, unix.IP_TRANSPARENT}, {unix.SOL_SOCKET, unix.SO_REUSEADDR}} {
+				if serr = unix.SetsockoptInt(int(fd), o[0], o[1], 1); serr != nil {
+					serr = fmt.Errorf("make upstream socket transparent: %w", serr)
+					return
+				}
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+}
+
+// dialUpstream connects to dst, from src when it is valid, within timeout.
+func dialUpstream(ctx context.Context, src, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout, Control: markControl(src.IsValid())}
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(src)
+	}
+	conn, err := d.DialContext(ctx, "tcp4", dst.String())
+	if err == nil {
+		return conn, nil
+	}
+	ue := &upstreamError{stage: stageConnect, src: src, dst: dst, err: err}
+	// The net package names the system call that failed.
+	var se *os.SyscallError
+	if errors.As(err, &se) && (se.Syscall == "bind" || se.Syscall == "setsockopt") {
+		ue.stage = stageBind
+	}
+	return nil, ue
+}
+
+// newTransport is an upstream transport dialing with dial. Requests go to
+// the address the client connected to, whatever their Host says.
+func newTransport(idle time.Duration, perConn bool, dial func(context.Context) (net.Conn, error)) *http.Transport {
+	tr := &http.Transport{
+		DialContext:           func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       idle,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DisableCompression:    true,
+	}
+	if perConn {
+		// One client connection asks one request at a time, and its
+		// address and port make one connection to the server at most.
+		tr.MaxIdleConnsPerHost, tr.MaxConnsPerHost = 1, 1
+	}
+	return tr
+}
+
+// upstream is how one client connection reaches its server, chosen at its
+// first forwarded request.
+type upstream struct {
+	once   sync.Once
+	rt     http.RoundTripper
+	own    *http.Transport // the client connection's own, closed with it
+	err    error
+	closed atomic.Bool
+}
+
+var errClientClosed = errors.New("client connection closed")
+
+// upstreamOf returns the transport of ci's requests.
+func (p *Proxy) upstreamOf(ci *connInfo) (http.RoundTripper, error) {
+	u := &ci.up
+	if u.closed.Load() {
+		return nil, errClientClosed
+	}
+	u.once.Do(func() {
+		local, err := p.viaEndpoint(ci.dst.Addr())
+		if err != nil {
+			u.err = &upstreamError{stage: stageRoute, dst: ci.dst, err: err}
+			return
+		}
+		if !local {
+			u.rt = p.shared
+			return
+		}
+		src, dst := ci.src, ci.dst
+		u.own = newTransport(p.cfg.IdleTimeout, true, func(ctx context.Context) (net.Conn, error) {
+			return dialUpstream(ctx, src, dst, p.cfg.ConnectTimeout)
+		})
+		u.rt = u.own
+	})
+	return u.rt, u.err
+}
+
+// close ends the client connection's own upstream connections.
+func (u *upstream) close() {
+	u.closed.Store(true)
+	// Once, so that no transport is made after the connection is gone.
+	u.once.Do(func() { u.err = errClientClosed })
+	if u.own != nil {
+		u.own.CloseIdleConnections()
+	}
+}
+
+// roundTripper sends each request on its client connection's transport.
+type roundTripper struct{ p *Proxy }
+
+func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	ci, _ := r.Context().Value(keyConn).(*connInfo)
+	if ci == nil {
+		return nil, errors.New("request without a client connection")
+	}
+	t, err := rt.p.upstreamOf(ci)
+	if err != nil {
+		return nil, err
+	}
+	return t.RoundTrip(r)
+}
+
+// routesToEndpoint says whether the node routes addr through the host veth
+// of one of its endpoints, whose datapath hands answers to the proxy.
+func routesToEndpoint(dp Datapath, addr netip.Addr) (bool, error) {
+	routes, err := netlink.RouteGet(addr.AsSlice())
+	if err != nil {
+		return false, fmt.Errorf("look up the route to %s: %w", addr, err)
+	}
+	for _, r := range routes {
+		if r.LinkIndex > 0 {
+			if _, ok := dp.LookupEndpoint(uint32(r.LinkIndex)); ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
