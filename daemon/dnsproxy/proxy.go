@@ -26,6 +26,7 @@ import (
 	"github.com/aegis-cni/aegis/daemon/fqdn"
 	"github.com/aegis-cni/aegis/daemon/observe"
 	"github.com/aegis-cni/aegis/daemon/policy"
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
 )
 
 // Config configures the proxy.
@@ -57,8 +58,7 @@ type Proxy struct {
 	cache   *fqdn.Cache
 	log     *slog.Logger
 	emit    func(observe.DNSEvent)
-	res     atomic.Pointer[policy.Result]
-	sels    sync.Map // pattern or name as written -> fqdn.Selector
+	rules   atomic.Pointer[rules]
 	replies replySockets
 	ups     upstreams
 	udp     *net.UDPConn
@@ -108,10 +108,44 @@ func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent)
 	return p, nil
 }
 
+// rules are a policy's DNS and toFQDNs rules with their selectors
+// compiled, once per policy rather than per query.
+type rules struct {
+	res  *policy.Result
+	sels map[cnp.FQDNSelector]fqdn.Selector // selectors that compile
+}
+
 // SetPolicy gives the proxy the compiled policy: the DNS rules it enforces
 // and the toFQDNs rules it learns for. The caller sets it before the
 // datapath redirects traffic under it.
-func (p *Proxy) SetPolicy(res *policy.Result) { p.res.Store(res) }
+func (p *Proxy) SetPolicy(res *policy.Result) {
+	r := &rules{res: res, sels: map[cnp.FQDNSelector]fqdn.Selector{}}
+	compile := func(list []cnp.FQDNSelector) {
+		for _, s := range list {
+			if _, done := r.sels[s]; done {
+				continue
+			}
+			// A selector that does not compile matches nothing (the
+			// policy parser rejects them before they get here).
+			if sel, err := fqdn.Compile(s.MatchName, s.MatchPattern); err == nil {
+				r.sels[s] = sel
+			}
+		}
+	}
+	if res != nil {
+		for _, rs := range res.DNS {
+			for _, d := range rs {
+				compile(d.Patterns)
+			}
+		}
+		for _, rs := range res.FQDN {
+			for _, f := range rs {
+				compile(f.Selectors)
+			}
+		}
+	}
+	p.rules.Store(r)
+}
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() *Stats { return &p.stats }
@@ -155,6 +189,8 @@ func (p *Proxy) serveUDP(ctx context.Context) {
 func (p *Proxy) udpWorker(ctx context.Context) {
 	buf := make([]byte, 65535)
 	oob := make([]byte, 512)
+	// The reply sockets this worker used, so that replying takes no lock.
+	socks := map[netip.AddrPort]*net.UDPConn{}
 	for {
 		n, oobn, _, src, err := p.udp.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
@@ -174,10 +210,13 @@ func (p *Proxy) udpWorker(ctx context.Context) {
 		if resp == nil {
 			continue
 		}
-		sock, err := p.replies.get(dst)
-		if err != nil {
-			p.log.Warn("dns proxy: reply", "err", err)
-			continue
+		sock := socks[dst]
+		if sock == nil {
+			if sock, err = p.replies.get(dst); err != nil {
+				p.log.Warn("dns proxy: reply", "err", err)
+				continue
+			}
+			socks[dst] = sock
 		}
 		if _, err := sock.WriteToUDPAddrPort(resp, src); err != nil {
 			p.log.Warn("dns proxy: reply", "to", src, "err", err)
@@ -243,20 +282,6 @@ func writeTCPMsg(w io.Writer, msg []byte) error {
 	return err
 }
 
-// selector compiles (once) a DNS rule's or toFQDNs rule's selector.
-func (p *Proxy) selector(name, pattern string) (fqdn.Selector, bool) {
-	key := name + "\x00" + pattern
-	if s, ok := p.sels.Load(key); ok {
-		return s.(fqdn.Selector), true
-	}
-	s, err := fqdn.Compile(name, pattern)
-	if err != nil {
-		return fqdn.Selector{}, false
-	}
-	p.sels.Store(key, s)
-	return s, true
-}
-
 // errReply builds an answer carrying only rcode for q's header and
 // question.
 func errReply(q *dns.Msg, rcode int) []byte {
@@ -295,37 +320,33 @@ func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byt
 	}
 	local := p.dp.LookupIPCache(src.Addr())
 	remote := p.dp.LookupIPCache(dst.Addr())
+	ev := dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q}
 	if q.Response || q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
 		p.stats.Malformed.Add(1)
-		p.emitDNS(dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q, verdict: flow.Verdict_DROPPED})
+		ev.verdict = flow.Verdict_DROPPED
+		p.emitDNS(&ev, start)
 		return errReply(&q, dns.RcodeFormatError)
 	}
-	res := p.res.Load()
+	rs := p.rules.Load()
 	name := q.Question[0].Name
-	var rules []policy.DNSRule
-	if res != nil {
-		rules = res.DNSPatterns(local, remote, proto, dst.Port())
+	var dnsRules []policy.DNSRule
+	if rs != nil && rs.res != nil {
+		dnsRules = rs.res.DNSPatterns(local, remote, proto, dst.Port())
 	}
 	var cookie uint32
-	for _, r := range rules {
-		for _, pat := range r.Patterns {
-			if s, ok := p.selector(pat.MatchName, pat.MatchPattern); ok && s.Matches(name) {
-				cookie = r.Cookie
-				break
-			}
-		}
-		if cookie != 0 {
+	for _, r := range dnsRules {
+		if rs.matchesAny(r.Patterns, name) {
+			cookie = r.Cookie
 			break
 		}
 	}
-	ev := dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q}
 	if cookie == 0 {
 		p.stats.Refused.Add(1)
 		ev.verdict = flow.Verdict_DROPPED
-		if len(rules) > 0 {
-			ev.cookie = rules[0].Cookie
+		if len(dnsRules) > 0 {
+			ev.cookie = dnsRules[0].Cookie
 		}
-		p.emitDNS(ev)
+		p.emitDNS(&ev, start)
 		return errReply(&q, p.cfg.RefuseCode)
 	}
 	p.stats.Allowed.Add(1)
@@ -345,16 +366,27 @@ func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byt
 		out := errReply(&q, dns.RcodeServerFailure)
 		var fail dns.Msg
 		fail.SetRcode(&q, dns.RcodeServerFailure)
-		ev.resp, ev.latency = &fail, time.Since(start)
-		p.emitDNS(ev)
+		ev.resp = &fail
+		p.emitDNS(&ev, start)
 		return out
 	}
-	if err := p.learn(res, local, src.Addr(), &resp); err != nil {
+	ev.resp = &resp
+	ev.names, ev.ips, ev.ttl = chain(&resp)
+	if err := p.learn(rs, local, src.Addr(), &ev); err != nil {
 		p.log.Warn("dns proxy: learn", "name", name, "err", err)
 	}
-	ev.resp, ev.latency = &resp, time.Since(start)
-	p.emitDNS(ev)
+	p.emitDNS(&ev, start)
 	return raw
+}
+
+// matchesAny reports whether one of sels matches name.
+func (rs *rules) matchesAny(sels []cnp.FQDNSelector, name string) bool {
+	for _, s := range sels {
+		if sel, ok := rs.sels[s]; ok && sel.Matches(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // exchange forwards the query, as the pod sent it, to the server the pod
@@ -373,37 +405,29 @@ func (p *Proxy) exchange(query []byte, server netip.AddrPort, proto uint8) ([]by
 		}
 		return readTCPMsg(c)
 	}
-	if len(query) < 12 {
-		return nil, errors.New("query shorter than a DNS header")
-	}
-	u, err := p.ups.get(server)
-	if err != nil {
-		return nil, err
-	}
-	return u.exchange(query, p.cfg.UpstreamTimeout)
+	return p.ups.exchange(server, query, p.cfg.UpstreamTimeout)
 }
 
 // learn writes the addresses of names the local identity's toFQDNs rules
 // select, following CNAME chains from the question: every name of the
 // chain is matched, and the addresses at its end are learned for it.
-func (p *Proxy) learn(res *policy.Result, local uint32, src netip.Addr, resp *dns.Msg) error {
-	if res == nil || resp.Rcode != dns.RcodeSuccess || len(resp.Question) != 1 {
+func (p *Proxy) learn(rs *rules, local uint32, src netip.Addr, ev *dnsEvent) error {
+	if rs == nil || rs.res == nil || ev.resp.Rcode != dns.RcodeSuccess || len(ev.resp.Question) != 1 || len(ev.ips) == 0 {
 		return nil
 	}
-	rules := res.FQDN[local]
-	if len(rules) == 0 {
+	fqdnRules := rs.res.FQDN[local]
+	if len(fqdnRules) == 0 {
 		return nil
 	}
-	names, ips, ttl := chain(resp)
 	var grants []fqdn.Grant
-	for _, r := range rules {
+	for _, r := range fqdnRules {
 		matched := ""
 		for _, s := range r.Selectors {
-			sel, ok := p.selector(s.MatchName, s.MatchPattern)
+			sel, ok := rs.sels[s]
 			if !ok {
 				continue
 			}
-			for _, n := range names {
+			for _, n := range ev.names {
 				if sel.Matches(n) {
 					matched = sel.Source
 					break
@@ -420,11 +444,11 @@ func (p *Proxy) learn(res *policy.Result, local uint32, src netip.Addr, resp *dn
 			grants = append(grants, fqdn.Grant{Selector: matched, Proto: pp.Proto, Port: pp.Port, Cookie: r.Cookie})
 		}
 	}
-	if len(grants) == 0 || len(ips) == 0 {
+	if len(grants) == 0 {
 		return nil
 	}
-	p.stats.Learned.Add(uint64(len(ips)))
-	return p.cache.Learn(local, src.String(), names[0], ips, ttl, grants)
+	p.stats.Learned.Add(uint64(len(ev.ips)))
+	return p.cache.Learn(local, src.String(), ev.names[0], ev.ips, ev.ttl, grants)
 }
 
 // chain returns the question's name and the CNAME targets reached from it,

@@ -67,16 +67,17 @@ func listenTCP(port uint16) (net.Listener, error) {
 // origDst reads IP_ORIGDSTADDR from a datagram's control messages: the
 // address and port the pod sent to.
 func origDst(oob []byte) (netip.AddrPort, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return netip.AddrPort{}, false
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(m.Data) >= 8 {
-			port := binary.BigEndian.Uint16(m.Data[2:4])
-			addr := netip.AddrFrom4([4]byte(m.Data[4:8]))
+	for len(oob) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		if h.Level == unix.SOL_IP && h.Type == unix.IP_ORIGDSTADDR && len(data) >= 8 {
+			port := binary.BigEndian.Uint16(data[2:4])
+			addr := netip.AddrFrom4([4]byte(data[4:8]))
 			return netip.AddrPortFrom(addr, port), true
 		}
+		oob = rest
 	}
 	return netip.AddrPort{}, false
 }
