@@ -90,6 +90,8 @@ func TestL7HTTP(t *testing.T) {
 	}
 
 	dirSource{n}.apply(t, workshopObjects(t, "aks-combined-fqdn-l7.yaml"))
+	say := narrator{t}
+	say.say("\n== L7: $ kubectl apply -n pets -f aks-combined-fqdn-l7.yaml: store-front may only GET / on product-service:3002")
 	// A connection opened before the policy is judged again: it now goes
 	// to the proxy too. Start clean anyway.
 	c.CloseIdleConnections()
@@ -98,11 +100,13 @@ func TestL7HTTP(t *testing.T) {
 	if err != nil || code != 200 || !strings.Contains(body, "product-service: GET / host="+ps.Addr(3002)) || !strings.Contains(body, " from="+sf.IP.String()+":") {
 		t.Errorf("GET /: %d %q %v, want product-service's answer to store-front's address", code, body, err)
 	}
+	say.say("  [ok ] store-front %-6s %-9s -> %d", "GET", "/", code)
 	for _, tc := range []struct{ method, path string }{{"POST", "/"}, {"GET", "/admin"}, {"DELETE", "/"}} {
 		code, body, err := get(tc.method, tc.path, nil)
 		if err != nil || code != 403 || strings.TrimSpace(body) != "Access denied" {
 			t.Errorf("%s %s: %d %q %v, want 403 Access denied", tc.method, tc.path, code, body, err)
 		}
+		say.say("  [ok ] store-front %-6s %-9s -> %d %s", tc.method, tc.path, code, strings.TrimSpace(body))
 	}
 	// Keep-alive: allowed and denied requests mixed on one connection
 	// behave per request.
@@ -203,6 +207,11 @@ func TestL7HTTP(t *testing.T) {
 	out, err = n.CLI("observe", "--http-path", "^/admin$", "--last", "50")
 	if err != nil || !strings.Contains(out, "/admin") || strings.Contains(out, "POST") {
 		t.Errorf("aegis observe --http-path ^/admin$: %v\n%s", err, out)
+	}
+	if out, err := n.CLI("observe", "--type", "l7", "--http-status", "4+", "--last", "3"); err != nil {
+		t.Errorf("aegis observe --type l7 --http-status 4+: %v\n%s", err, out)
+	} else {
+		say.say("\n$ aegis observe --type l7 --http-status 4+ --last 3\n%s", strings.TrimRight(out, "\n"))
 	}
 	metrics := scrapeMetrics(t, n)
 	for _, want := range []string{
