@@ -59,15 +59,41 @@ type flowBlock struct {
 	pol      flow.Policy
 }
 
+// addrNames remembers the text of recent addresses: a node's flows are
+// among few addresses, and formatting each of them twice per event was a
+// tenth of the reader's time. Only the reader's goroutine uses it.
+type addrNames map[netip.Addr]string
+
+// addrNamesMax bounds it: past that many addresses it starts again.
+const addrNamesMax = 4096
+
+func (n addrNames) name(a netip.Addr) string {
+	if n == nil {
+		return a.String()
+	}
+	if s, ok := n[a]; ok {
+		return s
+	}
+	if len(n) >= addrNamesMax {
+		clear(n)
+	}
+	s := a.String()
+	n[a] = s
+	return s
+}
+
 // toFlow enriches one datapath event into a Hubble flow.
-func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow {
+func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow { return toFlowNamed(ev, r, nil) }
+
+// toFlowNamed is toFlow with the reader's address names.
+func toFlowNamed(ev bpf.FlowEvent, r Resolver, names addrNames) *flow.Flow {
 	b := &flowBlock{}
 	f := &b.f
 	b.ts.Seconds, b.ts.Nanos = ev.Time.Unix(), int32(ev.Time.Nanosecond())
 	f.Time = &b.ts
 	f.NodeName = r.NodeName()
 	f.Type = flow.FlowType_L3_L4
-	b.ip.Source, b.ip.Destination, b.ip.IpVersion = ev.Src.Addr().String(), ev.Dst.Addr().String(), flow.IPVersion_IPv4
+	b.ip.Source, b.ip.Destination, b.ip.IpVersion = names.name(ev.Src.Addr()), names.name(ev.Dst.Addr()), flow.IPVersion_IPv4
 	f.IP = &b.ip
 	fillEndpoint(&b.src, r.Peer(ev.Src.Addr(), ev.SrcIdentity))
 	fillEndpoint(&b.dst, r.Peer(ev.Dst.Addr(), ev.DstIdentity))

@@ -26,8 +26,25 @@ func BenchmarkToFlow(b *testing.B) {
 	ip := netip.MustParseAddr("10.244.1.2")
 	r := tableResolver{ip: fakeResolver{}.Peer(ip, 300)}
 	ev := drop()
+	names := addrNames{}
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = toFlow(ev, r)
+		_ = toFlowNamed(ev, r, names)
+	}
+}
+
+func TestAddrNames(t *testing.T) {
+	names := addrNames{}
+	for i := range addrNamesMax + 10 {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		if got := names.name(a); got != a.String() {
+			t.Fatalf("name of %v: %q", a, got)
+		}
+		if len(names) > addrNamesMax {
+			t.Fatalf("%d names kept, more than %d", len(names), addrNamesMax)
+		}
+	}
+	if got := addrNames(nil).name(netip.MustParseAddr("192.0.2.1")); got != "192.0.2.1" {
+		t.Fatalf("without names: %q", got)
 	}
 }

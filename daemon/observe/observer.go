@@ -82,6 +82,7 @@ func (o *Observer) Run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); rd.Close() }()
 	go o.watchLost(ctx)
+	names := addrNames{}
 	var rec ringbuf.Record
 	for {
 		rd.SetDeadline(time.Now().Add(pollInterval))
@@ -102,7 +103,7 @@ func (o *Observer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		o.add(toFlow(ev, o.resolver))
+		o.add(toFlowNamed(ev, o.resolver, names))
 	}
 }
 
