@@ -330,9 +330,19 @@ func (n *Node) CLI(args ...string) (string, error) {
 // Apply writes a manifest file and waits until the daemon applied it.
 func (n *Node) Apply(file, yaml string) {
 	n.t.Helper()
-	n.changeManifests(func() error {
-		return os.WriteFile(filepath.Join(n.Manifests, file), []byte(yaml), 0o644)
-	})
+	n.changeManifests(func() error { return writeAtomic(filepath.Join(n.Manifests, file), []byte(yaml)) })
+}
+
+// writeAtomic replaces a manifest in one step, as kubectl-like tooling and
+// config management do: the watcher could otherwise read a large file half
+// written, and a half cut at a line boundary is valid YAML of another policy.
+// The temporary name starts with a dot, which the watcher ignores.
+func writeAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // Remove deletes a manifest file and waits until the daemon applied that.
