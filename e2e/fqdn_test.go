@@ -33,7 +33,13 @@ func newFQDNNode(t *testing.T, daemonArgs ...string) *fqdnNode {
 	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil)+"---\n"+node.NamespaceManifest("kube-system", nil))
 	var manifests []string
 	for name, ns := range petStorePods {
-		manifests = append(manifests, node.PodManifest(ns, name, petStoreLabels(name)))
+		m := node.PodManifest(ns, name, petStoreLabels(name))
+		if name == "order-service" {
+			// A Deployment's pod, as on AKS: flows name the Deployment as
+			// the pod's workload.
+			m = strings.Replace(m, "  labels:\n", "  ownerReferences:\n  - {apiVersion: apps/v1, kind: ReplicaSet, name: order-service-5d8f9c, uid: 3b1f, controller: true}\n  labels:\n    pod-template-hash: 5d8f9c\n", 1)
+		}
+		manifests = append(manifests, m)
 	}
 	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
 	n.StartDaemon(daemonArgs...)
@@ -78,6 +84,9 @@ func TestFQDNWorkshop(t *testing.T) {
 		say.say("  [ok ] order-service    -> www.microsoft.com:443 ALLOWED (learned from the answer)")
 		c.Close()
 	}
+	// The connection's flow names the address by the name the pod asked
+	// for, and the pod's workload: `hubble observe --to-fqdn` finds it.
+	checkNamedFlow(t, f.n, msAddr)
 	// Only 443: port 80 of the same host stays closed.
 	if err := order.Probe("tcp", msAddr+":80", 500*time.Millisecond); err == nil {
 		t.Error("www.microsoft.com:80 connected; the policy allows 443 only")
@@ -186,6 +195,35 @@ func TestFQDNWorkshop(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// checkNamedFlow: a flow from order-service to addr:443 found by the FQDN
+// filter carries the DNS name and order-service's Deployment.
+func checkNamedFlow(t *testing.T, n *node.Node, addr string) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(3 * time.Second) // events are read every 50 ms
+	for time.Now().Before(deadline) {
+		out, err := n.CLI("observe", "-o", "json", "--last", "100", "--to-fqdn", "*.microsoft.com", "--from-pod", "pets/order-service")
+		if err != nil {
+			t.Fatalf("aegis observe --to-fqdn: %v\n%s", err, out)
+		}
+		last = out
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var fl flow.Flow
+			if line == "" || protojson.Unmarshal([]byte(line), &fl) != nil {
+				continue
+			}
+			w := fl.GetSource().GetWorkloads()
+			if fl.GetIP().GetDestination() == addr && fl.GetL4().GetTCP().GetDestinationPort() == 443 &&
+				slices.Contains(fl.GetDestinationNames(), "www.microsoft.com") &&
+				len(w) == 1 && w[0].GetName() == "order-service" && w[0].GetKind() == "Deployment" {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("no flow to %s:443 named www.microsoft.com from the order-service Deployment:\n%s", addr, last)
+}
 
 func checkDNSFlows(t *testing.T, n *node.Node) {
 	t.Helper()

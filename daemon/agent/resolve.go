@@ -2,6 +2,10 @@ package agent
 
 import (
 	"net/netip"
+	"strings"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/aegis-cni/aegis/daemon/endpoint"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -12,21 +16,29 @@ import (
 // whole after each change, so the observer never waits for a
 // regeneration.
 type names struct {
-	byIP   map[netip.Addr]observe.Peer
-	labels map[uint32][]string
-	rules  map[uint32]policy.RuleRef
+	byIP      map[netip.Addr]observe.Peer
+	labels    map[uint32][]string
+	rules     map[uint32]policy.RuleRef
+	workloads map[string][]*flow.Workload // by namespace/name
 }
 
 // publishNames rebuilds the enrichment tables from the view.
 func (a *Agent) publishNames(v *view, eps []endpoint.Endpoint) {
-	n := &names{byIP: map[netip.Addr]observe.Peer{}, labels: make(map[uint32][]string, len(v.identities)), rules: v.compiled.Rules}
+	n := &names{byIP: map[netip.Addr]observe.Peer{}, labels: make(map[uint32][]string, len(v.identities)), rules: v.compiled.Rules,
+		workloads: map[string][]*flow.Workload{}}
 	for _, id := range v.identities {
 		n.labels[id.ID] = labelStrings(id)
+	}
+	for key, p := range v.pods.pods {
+		if w := workloadOf(p); w != nil {
+			n.workloads[key] = w
+		}
 	}
 	for _, p := range v.pods.remote {
 		id := v.byKey[v.pods.labels(p.Namespace, p.Name).Key()]
 		for _, ip := range podIPs(p) {
-			n.byIP[ip] = observe.Peer{Identity: id, Namespace: p.Namespace, PodName: p.Name, Labels: n.labels[id]}
+			n.byIP[ip] = observe.Peer{Identity: id, Namespace: p.Namespace, PodName: p.Name, Labels: n.labels[id],
+				Workloads: n.workloads[p.Namespace+"/"+p.Name]}
 		}
 	}
 	for _, ep := range eps {
@@ -37,7 +49,8 @@ func (a *Agent) publishNames(v *view, eps []endpoint.Endpoint) {
 
 func (a *Agent) nameEndpoint(n *names, ep endpoint.Endpoint) {
 	for _, ip := range ep.IPs {
-		n.byIP[ip] = observe.Peer{Identity: ep.Identity, EndpointID: ep.ID, Namespace: ep.PodNamespace, PodName: ep.PodName, Labels: n.labels[ep.Identity]}
+		n.byIP[ip] = observe.Peer{Identity: ep.Identity, EndpointID: ep.ID, Namespace: ep.PodNamespace, PodName: ep.PodName, Labels: n.labels[ep.Identity],
+			Workloads: n.workloads[ep.PodNamespace+"/"+ep.PodName]}
 	}
 }
 
@@ -48,7 +61,7 @@ func (a *Agent) renameEndpoint(ep endpoint.Endpoint, gone bool) {
 	if old == nil {
 		return
 	}
-	n := &names{byIP: make(map[netip.Addr]observe.Peer, len(old.byIP)+1), labels: old.labels, rules: old.rules}
+	n := &names{byIP: make(map[netip.Addr]observe.Peer, len(old.byIP)+1), labels: old.labels, rules: old.rules, workloads: old.workloads}
 	for k, v := range old.byIP {
 		n.byIP[k] = v
 	}
@@ -86,3 +99,22 @@ func (a *Agent) Rule(cookie uint32) (policy.RuleRef, bool) {
 
 // NodeName implements observe.Resolver.
 func (a *Agent) NodeName() string { return a.cfg.NodeName }
+
+// workloadOf names the workload a pod belongs to, as Hubble does: its
+// controller, and for a ReplicaSet that a Deployment made (its name is the
+// Deployment's plus the pod template hash), the Deployment.
+func workloadOf(p *corev1.Pod) []*flow.Workload {
+	for _, o := range p.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		name, kind := o.Name, o.Kind
+		if hash := p.Labels["pod-template-hash"]; kind == "ReplicaSet" && hash != "" {
+			if base, ok := strings.CutSuffix(name, "-"+hash); ok {
+				name, kind = base, "Deployment"
+			}
+		}
+		return []*flow.Workload{{Name: name, Kind: kind}}
+	}
+	return nil
+}

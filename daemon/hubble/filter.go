@@ -262,15 +262,40 @@ func compileFilter(ff *flow.FlowFilter) (filter, error) {
 			})
 		})
 	}
-	// Fields with no data yet (names of addresses, services, headers)
-	// select nothing rather than everything.
-	if len(ff.GetSourceFqdn())+len(ff.GetDestinationFqdn())+len(ff.GetHttpHeader())+
-		len(ff.GetSourceService())+len(ff.GetDestinationService()) > 0 {
+	for _, side := range []struct {
+		pats []string
+		get  func(*flow.Flow) []string
+		name string
+	}{{ff.GetSourceFqdn(), (*flow.Flow).GetSourceNames, "source_fqdn"},
+		{ff.GetDestinationFqdn(), (*flow.Flow).GetDestinationNames, "destination_fqdn"}} {
+		if len(side.pats) == 0 {
+			continue
+		}
+		res, err := fqdnPatterns(side.pats)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", side.name, err)
+		}
+		get := side.get
+		add(func(fl *flow.Flow) bool {
+			return slices.ContainsFunc(get(fl), func(name string) bool {
+				return slices.ContainsFunc(res, func(re *regexp.Regexp) bool { return re.MatchString(name) })
+			})
+		})
+	}
+	if v := ff.GetSourceWorkload(); len(v) > 0 {
+		add(func(fl *flow.Flow) bool { return workloadMatches(fl.GetSource().GetWorkloads(), v) })
+	}
+	if v := ff.GetDestinationWorkload(); len(v) > 0 {
+		add(func(fl *flow.Flow) bool { return workloadMatches(fl.GetDestination().GetWorkloads(), v) })
+	}
+	// Fields with no data yet (services, headers) select nothing rather
+	// than everything.
+	if len(ff.GetHttpHeader())+len(ff.GetSourceService())+len(ff.GetDestinationService()) > 0 {
 		add(func(*flow.Flow) bool { return false })
 	}
 	for name, n := range map[string]int{
-		"uuid": len(ff.GetUuid()), "source_ip_xlated": len(ff.GetSourceIpXlated()), "source_workload": len(ff.GetSourceWorkload()),
-		"destination_workload": len(ff.GetDestinationWorkload()), "interface": len(ff.GetInterface()), "node_labels": len(ff.GetNodeLabels()),
+		"uuid": len(ff.GetUuid()), "source_ip_xlated": len(ff.GetSourceIpXlated()),
+		"interface": len(ff.GetInterface()), "node_labels": len(ff.GetNodeLabels()),
 		"source_cluster_name": len(ff.GetSourceClusterName()), "destination_cluster_name": len(ff.GetDestinationClusterName()),
 		"trace_id": len(ff.GetTraceId()), "ip_trace_id": len(ff.GetIpTraceId()), "encrypted": len(ff.GetEncrypted()),
 	} {
@@ -338,4 +363,39 @@ func portsOf(fl *flow.Flow) (uint32, uint32) {
 		return l.SCTP.GetSourcePort(), l.SCTP.GetDestinationPort()
 	}
 	return 0, 0
+}
+
+// fqdnValid is what Hubble accepts in an FQDN filter: letters, digits,
+// '-', '_', '.' and the wildcard '*'.
+var fqdnValid = regexp.MustCompile(`^[-a-zA-Z0-9_.*]+$`)
+
+// fqdnPatterns compiles FQDN filters as Hubble reads them: case-folded,
+// a trailing dot dropped, '*' standing for any run of name characters
+// (dots included), the whole name matched.
+func fqdnPatterns(pats []string) ([]*regexp.Regexp, error) {
+	var out []*regexp.Regexp
+	for _, p := range pats {
+		p = strings.TrimSuffix(strings.TrimSpace(strings.ToLower(p)), ".")
+		if !fqdnValid.MatchString(p) {
+			return nil, fmt.Errorf("invalid FQDN pattern %q: only letters, digits, '-', '_', '.' and '*' are allowed", p)
+		}
+		p = strings.ReplaceAll(p, ".", "[.]")
+		p = strings.ReplaceAll(p, "*", "[-a-zA-Z0-9_.]*")
+		re, err := regexp.Compile("^" + p + "$")
+		if err != nil {
+			return nil, fmt.Errorf("invalid FQDN pattern %q: %w", p, err)
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+// workloadMatches: an endpoint's workload matches a filter when every
+// field the filter sets is equal (Hubble's workload filter).
+func workloadMatches(have []*flow.Workload, want []*flow.Workload) bool {
+	return slices.ContainsFunc(want, func(w *flow.Workload) bool {
+		return slices.ContainsFunc(have, func(h *flow.Workload) bool {
+			return (w.GetName() == "" || w.GetName() == h.GetName()) && (w.GetKind() == "" || w.GetKind() == h.GetKind())
+		})
+	})
 }

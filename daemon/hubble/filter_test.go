@@ -10,11 +10,13 @@ import (
 func sample() *flow.Flow {
 	return &flow.Flow{
 		Verdict: flow.Verdict_DROPPED, DropReasonDesc: flow.DropReason_POLICY_DENIED, TrafficDirection: flow.TrafficDirection_INGRESS,
-		IP:          &flow.IP{Source: "192.0.2.10", Destination: "10.244.1.2", IpVersion: flow.IPVersion_IPv4},
-		Source:      &flow.Endpoint{Identity: 2, Labels: []string{"reserved:world"}},
-		Destination: &flow.Endpoint{Identity: 300, Namespace: "pets", PodName: "store-front-7d9", Labels: []string{"k8s:app=store-front", "k8s:io.kubernetes.pod.namespace=pets"}},
-		L4:          &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: 40000, DestinationPort: 8080, Flags: &flow.TCPFlags{SYN: true}}}},
-		IsReply:     wrapperspb.Bool(false), NodeName: "node-1", EventType: &flow.CiliumEventType{Type: 1, SubType: 133},
+		IP:     &flow.IP{Source: "192.0.2.10", Destination: "10.244.1.2", IpVersion: flow.IPVersion_IPv4},
+		Source: &flow.Endpoint{Identity: 2, Labels: []string{"reserved:world"}},
+		Destination: &flow.Endpoint{Identity: 300, Namespace: "pets", PodName: "store-front-7d9", Labels: []string{"k8s:app=store-front", "k8s:io.kubernetes.pod.namespace=pets"},
+			Workloads: []*flow.Workload{{Name: "store-front", Kind: "Deployment"}}},
+		L4:      &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: 40000, DestinationPort: 8080, Flags: &flow.TCPFlags{SYN: true}}}},
+		IsReply: wrapperspb.Bool(false), NodeName: "node-1", EventType: &flow.CiliumEventType{Type: 1, SubType: 133},
+		SourceNames: []string{"www.microsoft.com", "edge.bing.com"},
 	}
 }
 
@@ -46,6 +48,16 @@ func TestFilters(t *testing.T) {
 		{"event type", &flow.FlowFilter{EventType: []*flow.EventTypeFilter{{Type: 1}}}, true},
 		{"dns query on an L4 flow", &flow.FlowFilter{DnsQuery: []string{".*"}}, false},
 		{"node", &flow.FlowFilter{NodeName: []string{"node-*"}}, true},
+		{"source fqdn", &flow.FlowFilter{SourceFqdn: []string{"www.microsoft.com."}}, true},
+		{"source fqdn wildcard", &flow.FlowFilter{SourceFqdn: []string{"*.MICROSOFT.com"}}, true},
+		{"source fqdn wildcard spans labels", &flow.FlowFilter{SourceFqdn: []string{"*.com"}}, true},
+		{"source fqdn whole name", &flow.FlowFilter{SourceFqdn: []string{"microsoft.com"}}, false},
+		{"source fqdn of a CNAME", &flow.FlowFilter{SourceFqdn: []string{"edge.bing.com"}}, true},
+		{"destination fqdn, none known", &flow.FlowFilter{DestinationFqdn: []string{"*"}}, false},
+		{"destination workload", &flow.FlowFilter{DestinationWorkload: []*flow.Workload{{Name: "store-front", Kind: "Deployment"}}}, true},
+		{"destination workload by kind", &flow.FlowFilter{DestinationWorkload: []*flow.Workload{{Kind: "Deployment"}}}, true},
+		{"destination workload other kind", &flow.FlowFilter{DestinationWorkload: []*flow.Workload{{Name: "store-front", Kind: "StatefulSet"}}}, false},
+		{"source workload, world has none", &flow.FlowFilter{SourceWorkload: []*flow.Workload{{Name: "store-front"}}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs, err := compileFilters([]*flow.FlowFilter{tc.ff})
@@ -66,6 +78,7 @@ func TestInvalidFilters(t *testing.T) {
 		{SourceLabel: []string{"a in ("}},
 		{Protocol: []string{"gopher"}},
 		{Uuid: []string{"x"}},
+		{DestinationFqdn: []string{"www.micro$oft.com"}},
 	} {
 		if _, err := compileFilters([]*flow.FlowFilter{ff}); err == nil {
 			t.Errorf("%v accepted", ff)

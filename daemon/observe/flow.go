@@ -24,7 +24,8 @@ type Peer struct {
 	EndpointID uint32 // local endpoints only
 	Namespace  string
 	PodName    string
-	Labels     []string // "k8s:app=web", "reserved:world"
+	Labels     []string         // "k8s:app=web", "reserved:world"
+	Workloads  []*flow.Workload // the pod's controller (shared: never modified)
 }
 
 // Resolver answers who is behind addresses, identities and cookies.
@@ -156,6 +157,7 @@ func toFlowNamed(ev bpf.FlowEvent, r Resolver, names addrNames) *flow.Flow {
 
 func fillEndpoint(e *flow.Endpoint, p Peer) {
 	e.ID, e.Identity, e.Namespace, e.PodName, e.Labels = p.EndpointID, p.Identity, p.Namespace, p.PodName, p.Labels
+	e.Workloads = p.Workloads
 }
 
 func endpoint(p Peer) *flow.Endpoint {

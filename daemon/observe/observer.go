@@ -47,13 +47,15 @@ type Observer struct {
 	lostSeen []uint64 // per CPU, what is already in lost
 
 	seen, decodeErrs, lag atomic.Uint64
+
+	dns *dnsNames // names DNS answers gave pods for addresses
 }
 
 // New returns an observer keeping capacity flows.
 func New(maps *bpf.Maps, r Resolver, capacity int, log *slog.Logger) *Observer {
 	return &Observer{maps: maps, resolver: r, log: log, clock: bpf.NewClock(),
 		ring: make([]*flow.Flow, capacity), subs: map[chan *flow.Flow]struct{}{},
-		lostSubs: map[chan Lost]struct{}{}}
+		lostSubs: map[chan Lost]struct{}{}, dns: newDNSNames()}
 }
 
 // Lost is a LostEvent and when the observer found it.
@@ -103,7 +105,9 @@ func (o *Observer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		o.add(toFlowNamed(ev, o.resolver, names))
+		f := toFlowNamed(ev, o.resolver, names)
+		o.dns.annotate(f, ev.Src.Addr(), ev.Dst.Addr(), ev.Time)
+		o.add(f)
 	}
 }
 

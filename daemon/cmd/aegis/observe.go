@@ -208,8 +208,12 @@ func tableRow(f *flow.Flow) string {
 }
 
 func rowOf(f *flow.Flow) row {
-	end := func(e *flow.Endpoint, ip string, port uint32) string {
+	end := func(e *flow.Endpoint, ip string, names []string, port uint32) string {
 		name := ip
+		if len(names) > 0 {
+			// As hubble prints it: the DNS names the pod knows the address by.
+			name = strings.Join(names, ",")
+		}
 		if e.GetPodName() != "" {
 			name = e.GetNamespace() + "/" + e.GetPodName()
 		}
@@ -273,7 +277,7 @@ func rowOf(f *flow.Flow) row {
 		verdict = f.GetVerdict().String() + " " + l7Detail(f)
 	}
 	return row{time: f.GetTime().AsTime().Local().Format("Jan _2 15:04:05.000"),
-		src: end(f.GetSource(), f.GetIP().GetSource(), sp), dst: end(f.GetDestination(), f.GetIP().GetDestination(), dp),
+		src: end(f.GetSource(), f.GetIP().GetSource(), f.GetSourceNames(), sp), dst: end(f.GetDestination(), f.GetIP().GetDestination(), f.GetDestinationNames(), dp),
 		point: point, proto: proto, verdict: verdict, flags: flags, policy: policyNote}
 }
 
