@@ -200,7 +200,11 @@ func deleteAll[K any](m *ebpf.Map, keys []K) (int, error) {
 // the longest prefix holding it, world when none does.
 func (m *Maps) LookupIPCache(addr netip.Addr) uint32 {
 	var v datapathIpcacheEntry
-	if err := m.IPCache.Lookup(ipcacheKey(netip.PrefixFrom(addr, addr.BitLen())), &v); err != nil {
+	// By pointer: cilium/ebpf marshals a struct value by reflection, a
+	// pointer to a fixed-size struct without it; the DNS and HTTP proxies
+	// look up twice per request.
+	k := ipcacheKey(netip.PrefixFrom(addr, addr.BitLen()))
+	if err := m.IPCache.Lookup(&k, &v); err != nil {
 		return policy.IdentityWorld
 	}
 	return v.Identity
