@@ -114,15 +114,19 @@ static __always_inline __u8 ct_account(struct ct_entry *e, const struct tuple *t
 	__u8 interesting = TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST;
 	__u8 seen, fresh;
 
+	/* Plain adds, not atomic ones: the two directions of a connection
+	 * run on different CPUs, and a lock-prefixed add on every packet
+	 * costs more than the rare increment a race loses from a summary's
+	 * count. */
 	if (reply) {
-		__sync_fetch_and_add(&e->packets_rev, 1);
-		__sync_fetch_and_add(&e->bytes_rev, t->len);
+		e->packets_rev++;
+		e->bytes_rev += t->len;
 		seen = e->flags_rev;
 		if ((seen | t->tcp_flags) != seen)
 			e->flags_rev = seen | t->tcp_flags;
 	} else {
-		__sync_fetch_and_add(&e->packets_fwd, 1);
-		__sync_fetch_and_add(&e->bytes_fwd, t->len);
+		e->packets_fwd++;
+		e->bytes_fwd += t->len;
 		seen = e->flags_fwd;
 		if ((seen | t->tcp_flags) != seen)
 			e->flags_fwd = seen | t->tcp_flags;

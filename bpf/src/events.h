@@ -96,7 +96,7 @@ static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
 
 static __always_inline void emit(const struct tuple *t, __u32 ifindex, __u8 type, __u8 reason,
 				 __u8 dir, __u32 src_id, __u32 dst_id, __u32 cookie, __u8 ct_state,
-				 __u64 packets, __u64 bytes, __u64 now)
+				 __u64 packets, __u64 bytes)
 {
 	if (!flow_events)
 		return;
@@ -110,7 +110,9 @@ static __always_inline void emit(const struct tuple *t, __u32 ifindex, __u8 type
 			(*lost)++;
 		return;
 	}
-	ev->ts_ns = now;
+	/* The precise clock, read here only: the judgement itself runs on
+	 * the coarse one, ~20 ns a packet cheaper in a VM. */
+	ev->ts_ns = bpf_ktime_get_ns();
 	ev->packets = packets;
 	ev->bytes = bytes;
 	ev->ifindex = ifindex;
