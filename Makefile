@@ -69,6 +69,7 @@ demo: deps build peers
 	@./scripts/demo.sh
 
 bench: deps build peers
+	$(GO) test -count=1 -run '^$$' -bench Established -benchtime 3000000x ./bpf/
 	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./e2e/bench/
 
 clean:
