@@ -104,6 +104,19 @@ func dialUpstream(ctx context.Context, src, dst netip.AddrPort, timeout time.Dur
 	if err == nil {
 		return conn, nil
 	}
+	if src.IsValid() && src.Port() != 0 && errors.Is(err, syscall.EADDRNOTAVAIL) {
+		// The tuple is still taken in the node's namespace: the proxy's
+		// previous connection from this client port to this server is
+		// not closed yet (it learns of the client's close a moment
+		// later) or waits out TIME_WAIT, and the client has already
+		// reused the port. Leave from another port of the client's own
+		// address: the server's policy still judges the client.
+		src = netip.AddrPortFrom(src.Addr(), 0)
+		d.LocalAddr = net.TCPAddrFromAddrPort(src)
+		if conn, err = d.DialContext(ctx, "tcp4", dst.String()); err == nil {
+			return conn, nil
+		}
+	}
 	ue := &upstreamError{stage: stageConnect, src: src, dst: dst, err: err}
 	// The net package names the system call that failed.
 	var se *os.SyscallError

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/e2e/netns"
 )
 
 func TestUpstreamStatus(t *testing.T) {
@@ -167,5 +168,54 @@ func TestUpstreamFailures(t *testing.T) {
 	ci = &connInfo{src: freeAddr(t, "127.0.0.2"), dst: dst}
 	if _, err = get(t, routeless, ci); !errors.As(err, &ue) || ue.stage != stageRoute || upstreamStatus(err) != http.StatusBadGateway {
 		t.Errorf("no route: %v, want 502", err)
+	}
+}
+
+// TestUpstreamPortTaken: when the proxy's previous connection from a
+// client's port to a server still holds the tuple (the proxy learns of the
+// client's close a moment after the client may reuse the port), the new
+// upstream connection leaves from another port of the client's address
+// rather than failing. Inside a namespace of its own with tcp_tw_reuse off,
+// as for a pod's address.
+func TestUpstreamPortTaken(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "l7tw")
+	ns.MustExec(t, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0")
+	err := ns.Do(func() error {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(io.Discard, c); c.Close() }()
+			}
+		}()
+		dst := ln.Addr().(*net.TCPAddr).AddrPort()
+		src := netip.MustParseAddrPort("127.0.0.2:45123")
+		ctx := context.Background()
+		c1, err := dialUpstream(ctx, src, dst, time.Second)
+		if err != nil {
+			return fmt.Errorf("first connection: %w", err)
+		}
+		defer c1.Close()
+		c2, err := dialUpstream(ctx, src, dst, time.Second)
+		if err != nil {
+			return fmt.Errorf("second connection from the same client port: %w", err)
+		}
+		defer c2.Close()
+		got := c2.LocalAddr().(*net.TCPAddr).AddrPort()
+		if got.Addr() != src.Addr() || got.Port() == src.Port() {
+			return fmt.Errorf("second connection from %s, want the client's address %s on another port", got, src.Addr())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
