@@ -37,6 +37,26 @@ func serveHTTP(t *testing.T, ns *netns.NS, addr, name string) {
 			c.Close()
 			return
 		}
+		if r.Header.Get("Upgrade") == "aegis-echo" {
+			// A protocol upgrade (as WebSocket's): after 101 the
+			// connection carries raw bytes, echoed back.
+			c, rw, _ := w.(http.Hijacker).Hijack()
+			defer c.Close()
+			rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: aegis-echo\r\nConnection: Upgrade\r\n\r\n")
+			rw.Flush()
+			io.Copy(c, rw)
+			return
+		}
+		if r.Header.Get("X-Stream") != "" {
+			// A streamed answer of unknown length: each part must reach
+			// the client before the next is written.
+			for i := range 3 {
+				fmt.Fprintf(w, "part %d\n", i)
+				w.(http.Flusher).Flush()
+				time.Sleep(200 * time.Millisecond)
+			}
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		// The peer's address, as the server sees it: the client's own
 		// when the proxy connects from it.
@@ -142,6 +162,67 @@ func TestL7HTTP(t *testing.T) {
 	big := strings.Repeat("x", 8<<20)
 	if code, body, err := get("GET", "/", strings.NewReader(big)); err != nil || code != 200 || !strings.Contains(body, fmt.Sprintf("body=%d", len(big))) {
 		t.Errorf("GET / with an 8 MiB body: %d %q %v", code, body[:min(len(body), 80)], err)
+	}
+
+	// A chunked request body passes whole.
+	chunked, _ := http.NewRequest("GET", base+"/", io.MultiReader(strings.NewReader("abc"), strings.NewReader("defgh")))
+	chunked.ContentLength = -1 // unknown length: sent chunked
+	if resp, err := c.Do(chunked); err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET / with a chunked body: %v %v", resp, err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "body=8") || len(resp.TransferEncoding) != 0 && resp.TransferEncoding[0] != "chunked" {
+			t.Errorf("GET / with a chunked body: %q", b)
+		}
+	}
+	// An upgrade on an allowed request passes through, and the connection
+	// then carries raw bytes both ways; on a denied one it is 403.
+	upgrade := func(path string) (string, string) {
+		conn, err := sf.NS.Dial("tcp", ps.Addr(3002), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: product-service\r\nConnection: Upgrade\r\nUpgrade: aegis-echo\r\n\r\n", path)
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err.Error()
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			b, _ := io.ReadAll(resp.Body)
+			return resp.Status, strings.TrimSpace(string(b))
+		}
+		io.WriteString(conn, "ping through the proxy\n")
+		echoed, err := br.ReadString('\n')
+		if err != nil {
+			return resp.Status, err.Error()
+		}
+		return resp.Status, echoed
+	}
+	if status, echoed := upgrade("/"); !strings.HasPrefix(status, "101") || echoed != "ping through the proxy\n" {
+		t.Errorf("upgrade on GET /: %q, echoed %q", status, echoed)
+	}
+	if status, body := upgrade("/admin"); !strings.HasPrefix(status, "403") || body != "Access denied" {
+		t.Errorf("upgrade on GET /admin: %q %q, want 403 Access denied", status, body)
+	}
+	// A streamed answer (unknown length) reaches the client part by part,
+	// not at its end.
+	streamReq, _ := http.NewRequest("GET", base+"/", nil)
+	streamReq.Header.Set("X-Stream", "1")
+	start := time.Now()
+	if resp, err := c.Do(streamReq); err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET / streamed: %v %v", resp, err)
+	} else {
+		first, err := bufio.NewReader(resp.Body).ReadString('\n')
+		firstAt := time.Since(start)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || first != "part 0\n" || firstAt >= 400*time.Millisecond {
+			t.Errorf("GET / streamed: first part %q after %v (%v), want it before the rest is written", first, firstAt, err)
+		}
 	}
 
 	// Bad input.

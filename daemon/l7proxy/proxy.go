@@ -145,8 +145,15 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 			// The client's view stays: its Host header, no X-Forwarded-*.
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     roundTripper{p},
-		FlushInterval: -1, // stream bodies as they come
+		Transport: roundTripper{p},
+		// No flush after every write: a response of known length goes out
+		// in as few writes as its size allows (a large one still streams,
+		// buffer by buffer), and ReverseProxy flushes streaming responses
+		// (unknown length, event streams) at once by itself.
+		FlushInterval: 0,
+		// Without a pool ReverseProxy allocates (and clears) a 32 KiB
+		// copy buffer for every response.
+		BufferPool: copyBuffers{},
 		ModifyResponse: func(resp *http.Response) error {
 			p.respond(resp.Request.Context(), uint32(resp.StatusCode))
 			return nil
@@ -263,3 +270,11 @@ func (p *Proxy) respond(ctx context.Context, code uint32) {
 	resp.Response, resp.Code, resp.Latency, resp.Time = true, code, time.Since(ev.Time), time.Now()
 	p.emit(resp)
 }
+
+// copyBuffers lends ReverseProxy its body copy buffers.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }
