@@ -18,9 +18,11 @@ const (
 	ProgToPod   = "to_pod"   // tcx egress of the host veth
 )
 
-// DefaultFlowRingSize is the flow-event ring's size in bytes (events.h):
-// about 58k events.
-const DefaultFlowRingSize = 4 << 20
+// DefaultFlowRingSize is the flow-event ring's size in bytes, set at every
+// load (events.h's is only the object's own): about 233k events, a
+// quarter of a second at a million events a second, so that the reader
+// losing its CPU for a while on a busy node costs no events.
+const DefaultFlowRingSize = 16 << 20
 
 // Options tune the datapath at load time.
 type Options struct {

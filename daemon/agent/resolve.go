@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cilium/cilium/api/v1/flow"
 	corev1 "k8s.io/api/core/v1"
@@ -16,15 +17,20 @@ import (
 // whole after each change, so the observer never waits for a
 // regeneration.
 type names struct {
+	version   uint64
 	byIP      map[netip.Addr]observe.Peer
 	labels    map[uint32][]string
 	rules     map[uint32]policy.RuleRef
 	workloads map[string][]*flow.Workload // by namespace/name
 }
 
+// namesVersion numbers the tables, so that the observer knows what it
+// resolved is still true without asking again for every event.
+var namesVersion atomic.Uint64
+
 // publishNames rebuilds the enrichment tables from the view.
 func (a *Agent) publishNames(v *view, eps []endpoint.Endpoint) {
-	n := &names{byIP: map[netip.Addr]observe.Peer{}, labels: make(map[uint32][]string, len(v.identities)), rules: v.compiled.Rules,
+	n := &names{version: namesVersion.Add(1), byIP: map[netip.Addr]observe.Peer{}, labels: make(map[uint32][]string, len(v.identities)), rules: v.compiled.Rules,
 		workloads: map[string][]*flow.Workload{}}
 	for _, id := range v.identities {
 		n.labels[id.ID] = labelStrings(id)
@@ -61,7 +67,7 @@ func (a *Agent) renameEndpoint(ep endpoint.Endpoint, gone bool) {
 	if old == nil {
 		return
 	}
-	n := &names{byIP: make(map[netip.Addr]observe.Peer, len(old.byIP)+1), labels: old.labels, rules: old.rules, workloads: old.workloads}
+	n := &names{version: namesVersion.Add(1), byIP: make(map[netip.Addr]observe.Peer, len(old.byIP)+1), labels: old.labels, rules: old.rules, workloads: old.workloads}
 	for k, v := range old.byIP {
 		n.byIP[k] = v
 	}
@@ -95,6 +101,14 @@ func (a *Agent) Rule(cookie uint32) (policy.RuleRef, bool) {
 	}
 	r, ok := n.rules[cookie]
 	return r, ok
+}
+
+// NamesVersion implements observe.Versioned.
+func (a *Agent) NamesVersion() uint64 {
+	if n := a.names.Load(); n != nil {
+		return n.version
+	}
+	return 0
 }
 
 // NodeName implements observe.Resolver.

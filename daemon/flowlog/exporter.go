@@ -9,11 +9,13 @@ import (
 	"github.com/cilium/cilium/api/v1/flow"
 	"google.golang.org/protobuf/encoding/protojson"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
 // Source of flows: the observer.
 type Source interface {
-	Subscribe(buffer int) (<-chan *flow.Flow, func())
+	Follow() *observe.Cursor
 }
 
 // Exporter writes the flows the ContainerNetworkLogs select.
@@ -24,12 +26,14 @@ type Exporter struct {
 	mu        sync.Mutex
 	selectors []selector
 	statuses  []Status
+	changed   chan struct{} // closed at the next Configure
+	cursor    *observe.Cursor
 }
 
 // New returns an exporter writing to path, rotating at maxSize bytes and
 // keeping backups old files.
 func New(path string, maxSize int64, backups int, node string) *Exporter {
-	return &Exporter{file: newRotatingFile(path, maxSize, backups), node: node}
+	return &Exporter{file: newRotatingFile(path, maxSize, backups), node: node, changed: make(chan struct{})}
 }
 
 // Configure takes the current ContainerNetworkLogs. Each one is CONFIGURED
@@ -51,7 +55,14 @@ func (e *Exporter) Configure(objs []*unstructured.Unstructured) []Status {
 		sts = append(sts, Status{Name: o.GetName(), State: "CONFIGURED"})
 	}
 	e.mu.Lock()
+	if len(e.selectors) == 0 && e.cursor != nil {
+		// Logging starts now: what came while nothing was selected stays
+		// unlogged.
+		e.cursor.Skip()
+	}
 	e.selectors, e.statuses = sels, sts
+	close(e.changed)
+	e.changed = make(chan struct{})
 	e.mu.Unlock()
 	return sts
 }
@@ -67,17 +78,38 @@ func (e *Exporter) Statuses() []Status {
 // failures), and the last error.
 func (e *Exporter) Stats() (written, lost uint64, lastErr error) { return e.file.stats() }
 
-// Run writes selected flows until ctx ends.
+// Run writes selected flows until ctx ends. While no ContainerNetworkLog
+// selects anything it reads nothing (flows then are not logged); while one
+// does, it builds the flow of each entry to match it.
 func (e *Exporter) Run(ctx context.Context, src Source) {
-	ch, cancel := src.Subscribe(65536)
-	defer cancel()
 	defer e.file.close()
+	c := src.Follow()
+	e.mu.Lock()
+	e.cursor = c
+	e.mu.Unlock()
+	var buf []observe.Entry
 	for {
+		e.mu.Lock()
+		sels, changed := e.selectors, e.changed
+		e.mu.Unlock()
+		if len(sels) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case f := <-ch:
-			if e.selected(f) {
+		case <-changed:
+			continue
+		case <-c.Ready():
+		}
+		buf = c.Take(buf[:0])
+		for i := range buf {
+			if f := c.Flow(&buf[i]); matchAny(sels, f) {
 				e.file.writeLine(e.line(f))
 			}
 		}
@@ -87,7 +119,11 @@ func (e *Exporter) Run(ctx context.Context, src Source) {
 func (e *Exporter) selected(f *flow.Flow) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, s := range e.selectors {
+	return matchAny(e.selectors, f)
+}
+
+func matchAny(sels []selector, f *flow.Flow) bool {
+	for _, s := range sels {
 		if s.match(f) {
 			return true
 		}

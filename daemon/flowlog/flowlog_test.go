@@ -2,16 +2,21 @@ package flowlog
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
+
+	"github.com/aegis-cni/aegis/daemon/observe"
 )
 
 func cnl(t *testing.T, doc string) *unstructured.Unstructured {
@@ -164,5 +169,47 @@ func TestFullDiskCountedAndResumed(t *testing.T) {
 		if len(l) != 1000 {
 			t.Fatalf("a partial line survived in the log: %d bytes", len(l))
 		}
+	}
+}
+
+// signalSource says when the exporter started following.
+type signalSource struct {
+	*observe.Observer
+	following chan struct{}
+}
+
+func (s signalSource) Follow() *observe.Cursor {
+	defer close(s.following)
+	return s.Observer.Follow()
+}
+
+// TestRunWritesSelected: the exporter follows the observer and writes the
+// flows its ContainerNetworkLogs select, in order, and nothing while none
+// selects anything.
+func TestRunWritesSelected(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.log")
+	e := New(path, 1<<20, 1, "n")
+	obs := observe.New(nil, nil, 16, slog.New(slog.DiscardHandler))
+	src := signalSource{obs, make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx, src); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-src.following
+	obs.Add(flowOf(flow.Verdict_DROPPED, "", "", "pets", "unselected"))
+	e.Configure([]*unstructured.Unstructured{cnl(t, petsDropped)})
+	for _, pod := range []string{"order-service", "x", "product-service"} {
+		obs.Add(flowOf(flow.Verdict_DROPPED, "", "", map[bool]string{true: "pets", false: "default"}[pod != "x"], pod))
+	}
+	var lines []string
+	for deadline := time.Now().Add(5 * time.Second); len(lines) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(path)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(b) == 0 {
+			lines = nil
+		}
+	}
+	if len(lines) != 2 || !strings.Contains(lines[0], `"order-service"`) || !strings.Contains(lines[1], `"product-service"`) {
+		t.Fatalf("log lines: %q", lines)
 	}
 }

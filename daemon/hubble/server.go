@@ -109,19 +109,23 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		}
 		return (len(wl) == 0 || wl.any(f)) && !bl.any(f)
 	}
-	// Subscribe first so nothing falls between history and the stream.
-	var live <-chan *flow.Flow
+	// Follow first so nothing falls between history and the stream: the
+	// history is what came before the cursor.
+	var cur *observe.Cursor
 	var liveLost <-chan observe.Lost
 	if req.GetFollow() {
-		ch, cancel := s.flows.Subscribe(4096)
-		defer cancel()
-		live = ch
+		cur = s.flows.Follow()
 		lch, lcancel := s.flows.SubscribeLost(64)
 		defer lcancel()
 		liveLost = lch
 	}
 	st := s.flows.Stats()
-	history := s.flows.Last(st.Capacity, keep)
+	var history []*flow.Flow
+	if cur != nil {
+		history = cur.History(st.Capacity, keep)
+	} else {
+		history = s.flows.Last(st.Capacity, keep)
+	}
 	// LostEvents pass every filter and do not count towards number, as in
 	// Hubble: the ones within the span of history the request covers go
 	// with it.
@@ -150,7 +154,6 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			lost = append(lost, l)
 		}
 	}
-	sent := make(map[*flow.Flow]bool, len(history))
 	sentLost := make(map[*flow.LostEvent]bool, len(lost))
 	for _, f := range history {
 		for len(lost) > 0 && lost[0].Time.Before(f.GetTime().AsTime()) {
@@ -163,7 +166,6 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		if err := s.send(stream, f); err != nil {
 			return err
 		}
-		sent[f] = true
 	}
 	for _, l := range lost {
 		if err := s.sendLost(stream, l); err != nil {
@@ -171,9 +173,10 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 		}
 		sentLost[l.Event] = true
 	}
-	if live == nil {
+	if cur == nil {
 		return nil
 	}
+	var buf []observe.Entry
 	for {
 		select {
 		case <-stream.Context().Done():
@@ -185,15 +188,20 @@ func (s *Server) GetFlows(req *observer.GetFlowsRequest, stream grpc.ServerStrea
 			if err := s.sendLost(stream, l); err != nil {
 				return err
 			}
-		case f := <-live:
-			if sent[f] || !keep(f) {
-				continue
-			}
-			if until != nil && f.GetTime().AsTime().After(until.AsTime()) {
-				return nil
-			}
-			if err := s.send(stream, f); err != nil {
-				return err
+		case <-cur.Ready():
+			// Flows are built per candidate, only for followers.
+			buf = cur.Take(buf[:0])
+			for i := range buf {
+				f := cur.Flow(&buf[i])
+				if !keep(f) {
+					continue
+				}
+				if until != nil && f.GetTime().AsTime().After(until.AsTime()) {
+					return nil
+				}
+				if err := s.send(stream, f); err != nil {
+					return err
+				}
 			}
 		}
 	}

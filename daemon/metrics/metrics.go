@@ -46,11 +46,18 @@ type Metrics struct {
 
 	mu       sync.Mutex
 	l4Series map[l4Key][]prometheus.Counter
+
+	// The counters of the observer's entries by their keys, for the
+	// reader's batches (its own lock: an L7 entry in a batch counts
+	// through Count).
+	entryMu     sync.Mutex
+	entrySeries map[observe.L4Key][]prometheus.Counter
 }
 
 // New registers the collectors.
 func New(maps *bpf.Maps, obs *observe.Observer) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry(), maps: maps, observer: obs, l4Series: map[l4Key][]prometheus.Counter{}}
+	m := &Metrics{reg: prometheus.NewRegistry(), maps: maps, observer: obs, l4Series: map[l4Key][]prometheus.Counter{},
+		entrySeries: map[observe.L4Key][]prometheus.Counter{}}
 	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_flows_processed_total", Help: "Total number of flows processed"},
 		append([]string{"type", "subtype", "verdict"}, contextLabels...))
 	m.drops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_drop_total", Help: "Number of drops"},
@@ -192,18 +199,59 @@ func protocol(f *flow.Flow) string {
 	return "Unknown"
 }
 
-// Run counts flows until ctx ends.
+// Run counts the observer's entries as they are taken in, until ctx ends.
 func (m *Metrics) Run(ctx context.Context) {
-	ch, cancel := m.observer.Subscribe(65536)
-	defer cancel()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case f := <-ch:
-			m.Count(f)
+	remove := m.observer.AddTap(m.CountEntries)
+	defer remove()
+	<-ctx.Done()
+}
+
+// entrySeriesMax bounds the remembered keys: past that many (ends are
+// remembered per address) it starts again.
+const entrySeriesMax = 16384
+
+// CountEntries accounts a batch of the observer's entries. An L3/L4 entry
+// counts in the series of its key, found without building its flow; a
+// key's first entry builds one to name them, with the same labels as
+// Count. Runs of one key count with one add per counter.
+func (m *Metrics) CountEntries(batch []observe.Entry) {
+	m.entryMu.Lock()
+	defer m.entryMu.Unlock()
+	var (
+		last observe.L4Key
+		cs   []prometheus.Counter
+		run  float64
+	)
+	flush := func() {
+		for _, c := range cs {
+			c.Add(run)
 		}
+		cs, run = nil, 0
 	}
+	for i := range batch {
+		e := &batch[i]
+		k, ok := e.L4Key()
+		if !ok {
+			m.Count(e.L7())
+			continue
+		}
+		if cs != nil && k == last {
+			run++
+			continue
+		}
+		flush()
+		var found bool
+		if cs, found = m.entrySeries[k]; !found {
+			if len(m.entrySeries) >= entrySeriesMax {
+				clear(m.entrySeries)
+			}
+			f := m.observer.Flow(e)
+			cs = m.l4Counters(f, ctxValues(f))
+			m.entrySeries[k] = cs
+		}
+		last, run = k, 1
+	}
+	flush()
 }
 
 // Serve exposes /metrics on addr until ctx ends.

@@ -1,12 +1,21 @@
 package metrics
 
 import (
+	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
 func TestCount(t *testing.T) {
@@ -62,5 +71,78 @@ func TestCountSeries(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(m.tcpFlags.WithLabelValues("SYN", "IPv4", "pets", "b", "", "")); v != 1 {
 		t.Errorf("SYN of b: %v, want 1", v)
+	}
+}
+
+type podResolver struct{}
+
+func (podResolver) Peer(ip netip.Addr, id uint32) observe.Peer {
+	if ip == netip.MustParseAddr("10.244.1.2") {
+		return observe.Peer{Identity: id, Namespace: "pets", PodName: "store-front"}
+	}
+	return observe.Peer{Identity: id, Labels: []string{"reserved:world"}}
+}
+
+func (podResolver) Rule(c uint32) (policy.RuleRef, bool) {
+	return policy.RuleRef{Kind: "NetworkPolicy", Namespace: "pets", Name: "allow"}, c == 9
+}
+func (podResolver) NodeName() string { return "node-1" }
+
+// TestCountEntries: the observer's entries, counted from their keys in
+// batches, give exactly the series and values of their flows counted one
+// by one.
+func TestCountEntries(t *testing.T) {
+	obs := observe.New(nil, podResolver{}, 64, slog.New(slog.DiscardHandler))
+	fast, slow := New(nil, obs), New(nil, nil)
+	remove := obs.AddTap(fast.CountEntries)
+	defer remove()
+	pod, world := netip.MustParseAddrPort("10.244.1.2:8080"), netip.MustParseAddrPort("192.0.2.10:40000")
+	ev := func(dropped bool, dir uint8, flags uint8, ct uint8, cookie uint32, src, dst netip.AddrPort, proto uint8) bpf.FlowEvent {
+		e := bpf.FlowEvent{Time: time.Now(), Dropped: dropped, Dir: dir, TCPFlags: flags, CTState: ct, Cookie: cookie, Src: src, Dst: dst, Proto: proto, SrcIdentity: 2, DstIdentity: 300}
+		if dropped {
+			e.Reason = 133
+		}
+		return e
+	}
+	var evs []bpf.FlowEvent
+	for range 3 {
+		evs = append(evs, ev(true, 0, 0x02, bpf.CTNew, 0, world, pod, policy.ProtoTCP))
+	}
+	evs = append(evs,
+		ev(false, 0, 0x02, bpf.CTNew, 9, world, pod, policy.ProtoTCP),
+		ev(false, 0, 0x12, bpf.CTReply, 9, pod, world, policy.ProtoTCP),
+		ev(false, 1, 0x11, bpf.CTEstablished, 0, pod, world, policy.ProtoTCP),
+		ev(false, 1, 0x04, bpf.CTEstablished, 0, pod, world, policy.ProtoTCP),
+		ev(true, 1, 0, bpf.CTNew, 0, pod, world, policy.ProtoUDP),
+		ev(true, 1, 0, bpf.CTNew, 0, pod, world, policy.ProtoUDP),
+		ev(false, 1, 0, bpf.CTNew, 0, pod, world, policy.ProtoICMP),
+		ev(true, 0, 0x02, bpf.CTNew, 0, world, pod, policy.ProtoTCP))
+	obs.AddEvents(evs[:5]...)
+	obs.Add(&flow.Flow{Verdict: flow.Verdict_FORWARDED, Source: &flow.Endpoint{Namespace: "pets", PodName: "store-front"}, Destination: &flow.Endpoint{},
+		L7: &flow.Layer7{Type: flow.L7FlowType_REQUEST, Record: &flow.Layer7_Dns{Dns: &flow.DNS{Query: "a.example.", Qtypes: []string{"A"}}}}})
+	obs.AddEvents(evs[5:]...)
+	for _, f := range obs.Last(64, nil) {
+		slow.Count(f)
+	}
+	for _, c := range []struct {
+		name       string
+		fast, slow prometheus.Collector
+	}{{"hubble_flows_processed_total", fast.flows, slow.flows}, {"hubble_drop_total", fast.drops, slow.drops},
+		{"hubble_tcp_flags_total", fast.tcpFlags, slow.tcpFlags}, {"hubble_policy_verdicts_total", fast.verdicts, slow.verdicts},
+		{"hubble_dns_queries_total", fast.dnsQ, slow.dnsQ}} {
+		got, err := testutil.CollectAndFormat(c.fast, expfmt.TypeTextPlain, c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := testutil.CollectAndFormat(c.slow, expfmt.TypeTextPlain, c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) || len(want) == 0 {
+			t.Errorf("%s from entries:\n%s\nfrom flows:\n%s", c.name, got, want)
+		}
+	}
+	if v := testutil.ToFloat64(fast.drops.WithLabelValues("POLICY_DENIED", "TCP", "ingress", "", "", "pets", "store-front")); v != 4 {
+		t.Errorf("drops to store-front: %v, want 4", v)
 	}
 }

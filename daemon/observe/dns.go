@@ -80,16 +80,3 @@ func DNSFlow(r Resolver, ev DNSEvent) *flow.Flow {
 	f.Summary = "DNS " + l7.Type.String()
 	return f
 }
-
-// Add stores a flow that did not come from the ring (an L7 flow of a
-// proxy), for the APIs and subscribers.
-func (o *Observer) Add(f *flow.Flow) {
-	if f.GetL7().GetDns() != nil {
-		o.dns.learn(f, time.Now())
-	} else if src, err := netip.ParseAddr(f.GetIP().GetSource()); err == nil {
-		if dst, err := netip.ParseAddr(f.GetIP().GetDestination()); err == nil {
-			o.dns.annotate(f, src, dst, f.GetTime().AsTime())
-		}
-	}
-	o.add(f)
-}

@@ -121,17 +121,25 @@ func (n *dnsNames) lookup(pod, ip netip.Addr, now time.Time) []string {
 	return e.names
 }
 
-// annotate sets a flow's source and destination names as Hubble does:
-// the destination's names from the source pod's answers, the source's
-// from the destination pod's.
+// annotate sets a flow's source and destination names as Hubble does.
 func (n *dnsNames) annotate(f *flow.Flow, src, dst netip.Addr, now time.Time) {
+	if s, d := n.pair(f.GetSource().GetPodName() != "", f.GetDestination().GetPodName() != "", src, dst, now); s != nil || d != nil {
+		f.SourceNames, f.DestinationNames = s, d
+	}
+}
+
+// pair is the names of a flow's ends, as Hubble gives them: the
+// destination's from the source pod's answers, the source's from the
+// destination pod's.
+func (n *dnsNames) pair(srcPod, dstPod bool, src, dst netip.Addr, now time.Time) (srcNames, dstNames []string) {
 	if n == nil || n.empty.Load() {
-		return
+		return nil, nil
 	}
-	if f.GetSource().GetPodName() != "" {
-		f.DestinationNames = n.lookup(src, dst, now)
+	if srcPod {
+		dstNames = n.lookup(src, dst, now)
 	}
-	if f.GetDestination().GetPodName() != "" {
-		f.SourceNames = n.lookup(dst, src, now)
+	if dstPod {
+		srcNames = n.lookup(dst, src, now)
 	}
+	return srcNames, dstNames
 }

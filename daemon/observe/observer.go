@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -19,26 +20,35 @@ import (
 
 // Stats counts what the observer saw and lost.
 type Stats struct {
-	Seen          uint64 // events decoded into flows
+	Seen          uint64 // events and L7 flows taken in
 	KernelLost    uint64 // events the ring had no room for
 	DecodeErrors  uint64 // records that did not decode
-	SubscriberLag uint64 // flows a slow follower missed
+	SubscriberLag uint64 // entries a slow follower missed
 	Capacity      int
 	Stored        int
 }
 
+// Tap sees every batch of entries as it is taken in, on the taker's
+// goroutine (the reader's, or a proxy's for an L7 flow): it must be quick
+// and must not keep the slice.
+type Tap func(batch []Entry)
+
 // Observer reads the ring and keeps the last flows.
 type Observer struct {
-	maps     *bpf.Maps
-	resolver Resolver
-	log      *slog.Logger
-	clock    bpf.Clock
+	maps  *bpf.Maps
+	names *resolver // the reader's; nil without a resolver
+	node  string
+	log   *slog.Logger
+	clock bpf.Clock
 
-	mu     sync.Mutex
-	ring   []*flow.Flow
-	next   uint64 // sequence number of the next flow
-	subs   map[chan *flow.Flow]struct{}
-	notify chan struct{}
+	mu       sync.Mutex
+	ring     []Entry // capacity for history, plus slack for followers
+	capacity int
+	next     uint64 // sequence number of the next entry
+	waiting  bool   // a follower waits on notify
+	notify   chan struct{}
+
+	taps atomic.Pointer[[]*Tap]
 
 	// Losses the datapath counted, as Hubble reports them: each CPU's
 	// increase since the last look is one LostEvent.
@@ -51,11 +61,27 @@ type Observer struct {
 	dns *dnsNames // names DNS answers gave pods for addresses
 }
 
+// followSlack is how many entries past the history a follower may fall
+// behind before it loses any: at a million events a second the history
+// alone turns over in milliseconds.
+const followSlack = 16384
+
+// readBatch is how many events the reader takes in at a time: one lock,
+// one wakeup of followers and one call of each tap per batch, not per
+// event.
+const readBatch = 256
+
 // New returns an observer keeping capacity flows.
 func New(maps *bpf.Maps, r Resolver, capacity int, log *slog.Logger) *Observer {
-	return &Observer{maps: maps, resolver: r, log: log, clock: bpf.NewClock(),
-		ring: make([]*flow.Flow, capacity), subs: map[chan *flow.Flow]struct{}{},
+	o := &Observer{maps: maps, log: log, clock: bpf.NewClock(),
+		ring: make([]Entry, capacity+followSlack), capacity: capacity, notify: make(chan struct{}),
 		lostSubs: map[chan Lost]struct{}{}, dns: newDNSNames()}
+	if r != nil {
+		o.names, o.node = newResolver(r), r.NodeName()
+		o.names.dns = o.dns
+	}
+	o.taps.Store(&[]*Tap{})
+	return o
 }
 
 // Lost is a LostEvent and when the observer found it.
@@ -84,18 +110,27 @@ func (o *Observer) Run(ctx context.Context) error {
 	}
 	go func() { <-ctx.Done(); rd.Close() }()
 	go o.watchLost(ctx)
-	names := addrNames{}
+	batch := make([]Entry, 0, readBatch)
 	var rec ringbuf.Record
 	for {
-		rd.SetDeadline(time.Now().Add(pollInterval))
+		// Before a read that may wait, hand over what was read: the
+		// deadline is set only then (it takes the clock and a lock).
+		if rec.Remaining == 0 {
+			o.take(batch)
+			batch = batch[:0]
+			rd.SetDeadline(time.Now().Add(pollInterval))
+		}
 		err := rd.ReadInto(&rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			rec.Remaining = 0
 			continue
 		}
 		if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			o.take(batch)
 			return nil
 		}
 		if err != nil {
+			o.take(batch)
 			return err
 		}
 		ev, err := bpf.DecodeFlowEvent(rec.RawSample, o.clock)
@@ -105,26 +140,83 @@ func (o *Observer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		f := toFlowNamed(ev, o.resolver, names)
-		o.dns.annotate(f, ev.Src.Addr(), ev.Dst.Addr(), ev.Time)
-		o.add(f)
-	}
-}
-
-func (o *Observer) add(f *flow.Flow) {
-	o.seen.Add(1)
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.ring[o.next%uint64(len(o.ring))] = f
-	o.next++
-	for ch := range o.subs {
-		select {
-		case ch <- f:
-		default:
-			o.lag.Add(1)
+		if len(batch) == 0 {
+			o.names.refresh()
+		}
+		batch = append(batch, Entry{ev: ev})
+		o.names.resolve(&batch[len(batch)-1])
+		if len(batch) == cap(batch) {
+			o.take(batch)
+			batch = batch[:0]
 		}
 	}
 }
+
+// AddEvents takes decoded datapath events in as the reader does, resolving
+// them now: for tests and replays, never at the same time as Run.
+func (o *Observer) AddEvents(evs ...bpf.FlowEvent) {
+	batch := make([]Entry, 0, len(evs))
+	o.names.refresh()
+	for _, ev := range evs {
+		batch = append(batch, Entry{ev: ev})
+		o.names.resolve(&batch[len(batch)-1])
+	}
+	o.take(batch)
+}
+
+// Add stores a flow that did not come from the ring (an L7 flow of a
+// proxy), for the APIs, taps and followers: a DNS answer teaches the
+// names later flows carry, any other flow is named by them.
+func (o *Observer) Add(f *flow.Flow) {
+	if f.GetL7().GetDns() != nil {
+		o.dns.learn(f, time.Now())
+	} else if src, err := netip.ParseAddr(f.GetIP().GetSource()); err == nil {
+		if dst, err := netip.ParseAddr(f.GetIP().GetDestination()); err == nil {
+			o.dns.annotate(f, src, dst, f.GetTime().AsTime())
+		}
+	}
+	o.take([]Entry{{l7: f}})
+}
+
+// take appends a batch to the ring, wakes followers and runs the taps.
+func (o *Observer) take(batch []Entry) {
+	if len(batch) == 0 {
+		return
+	}
+	o.mu.Lock()
+	size := uint64(len(o.ring))
+	for i := range batch {
+		o.ring[o.next%size] = batch[i]
+		o.next++
+	}
+	if o.waiting {
+		close(o.notify)
+		o.notify, o.waiting = make(chan struct{}), false
+	}
+	o.mu.Unlock()
+	o.seen.Add(uint64(len(batch)))
+	for _, t := range *o.taps.Load() {
+		(*t)(batch)
+	}
+}
+
+// AddTap runs t on every batch taken in from now on, until remove.
+func (o *Observer) AddTap(t Tap) (remove func()) {
+	p := &t
+	o.mu.Lock()
+	ts := append(slices.Clone(*o.taps.Load()), p)
+	o.taps.Store(&ts)
+	o.mu.Unlock()
+	return func() {
+		o.mu.Lock()
+		ts := slices.DeleteFunc(slices.Clone(*o.taps.Load()), func(x *Tap) bool { return x == p })
+		o.taps.Store(&ts)
+		o.mu.Unlock()
+	}
+}
+
+// Flow builds the Hubble flow of an entry.
+func (o *Observer) Flow(e *Entry) *flow.Flow { return build(e, o.node) }
 
 // watchLost turns increases of the datapath's per-CPU lost counter into
 // LostEvents until ctx ends. Losses from before this observer started
@@ -201,34 +293,112 @@ func (o *Observer) SubscribeLost(buffer int) (<-chan Lost, func()) {
 // first.
 func (o *Observer) Last(n int, keep func(*flow.Flow) bool) []*flow.Flow {
 	o.mu.Lock()
-	defer o.mu.Unlock()
+	end := o.next
+	o.mu.Unlock()
+	return o.lastBefore(end, n, keep)
+}
+
+// historyChunk is how many entries a look back copies per lock: the
+// reader waits for no more than that, and a request for the last few
+// flows builds few.
+const historyChunk = 256
+
+// lastBefore is Last over the history as it was when end was next: the
+// flows are built outside the lock, newest first, until n match.
+func (o *Observer) lastBefore(end uint64, n int, keep func(*flow.Flow) bool) []*flow.Flow {
 	var out []*flow.Flow
-	size := uint64(len(o.ring))
-	for i := uint64(0); i < min(o.next, size) && len(out) < n; i++ {
-		f := o.ring[(o.next-1-i)%size]
-		if keep == nil || keep(f) {
-			out = append(out, f)
+	buf := make([]Entry, 0, historyChunk)
+	for seq := end; len(out) < n; {
+		o.mu.Lock()
+		low := max(end, uint64(o.capacity)) - uint64(o.capacity)
+		low = max(low, max(o.next, uint64(len(o.ring)))-uint64(len(o.ring)))
+		if seq <= low {
+			o.mu.Unlock()
+			break
 		}
+		from := max(low, max(seq, historyChunk)-historyChunk)
+		buf = buf[:0]
+		for s := from; s < seq; s++ {
+			buf = append(buf, o.ring[s%uint64(len(o.ring))])
+		}
+		o.mu.Unlock()
+		for i := len(buf) - 1; i >= 0 && len(out) < n; i-- {
+			if f := o.Flow(&buf[i]); keep == nil || keep(f) {
+				out = append(out, f)
+			}
+		}
+		seq = from
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out
 }
 
-// Subscribe delivers new flows until cancel is called; a follower that
-// falls behind loses flows, counted in Stats.SubscriberLag.
-func (o *Observer) Subscribe(buffer int) (<-chan *flow.Flow, func()) {
-	ch := make(chan *flow.Flow, buffer)
-	o.mu.Lock()
-	o.subs[ch] = struct{}{}
-	o.mu.Unlock()
-	return ch, func() {
-		o.mu.Lock()
-		delete(o.subs, ch)
-		o.mu.Unlock()
-	}
+// Cursor follows the entries taken in after it was made, in order. A
+// follower that falls more than the ring's slack behind loses the oldest,
+// counted in Stats.SubscriberLag.
+type Cursor struct {
+	o           *Observer
+	start, next uint64
 }
+
+// Follow returns a cursor at the next entry.
+func (o *Observer) Follow() *Cursor {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return &Cursor{o: o, start: o.next, next: o.next}
+}
+
+// History is Last over the flows before the cursor's start: history then
+// follow, with nothing twice and nothing between.
+func (c *Cursor) History(n int, keep func(*flow.Flow) bool) []*flow.Flow {
+	return c.o.lastBefore(c.start, n, keep)
+}
+
+// closed is a channel that is always ready.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Ready is a channel that is ready once there are entries after the cursor.
+func (c *Cursor) Ready() <-chan struct{} {
+	o := c.o
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if c.next < o.next {
+		return closed
+	}
+	o.waiting = true
+	return o.notify
+}
+
+// Take appends up to cap(buf) entries after the cursor (readBatch if buf
+// has no room) to buf, without waiting, and moves past them.
+func (c *Cursor) Take(buf []Entry) []Entry {
+	if cap(buf) == len(buf) {
+		buf = slices.Grow(buf, readBatch)
+	}
+	o := c.o
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if oldest := max(o.next, uint64(len(o.ring))) - uint64(len(o.ring)); c.next < oldest {
+		o.lag.Add(oldest - c.next)
+		c.next = oldest
+	}
+	for c.next < o.next && len(buf) < cap(buf) {
+		buf = append(buf, o.ring[c.next%uint64(len(o.ring))])
+		c.next++
+	}
+	return buf
+}
+
+// Skip moves the cursor past everything taken in so far: for a follower
+// that wants none of it.
+func (c *Cursor) Skip() {
+	c.o.mu.Lock()
+	c.next = c.o.next
+	c.o.mu.Unlock()
+}
+
+// Flow builds the Hubble flow of an entry.
+func (c *Cursor) Flow(e *Entry) *flow.Flow { return c.o.Flow(e) }
 
 // Stats reports the counters.
 func (o *Observer) Stats() Stats {
@@ -237,7 +407,7 @@ func (o *Observer) Stats() Stats {
 		lost, _ = o.maps.LostEvents()
 	}
 	o.mu.Lock()
-	stored := int(min(o.next, uint64(len(o.ring))))
+	stored := int(min(o.next, uint64(o.capacity)))
 	o.mu.Unlock()
-	return Stats{Seen: o.seen.Load(), KernelLost: lost, DecodeErrors: o.decodeErrs.Load(), SubscriberLag: o.lag.Load(), Capacity: len(o.ring), Stored: stored}
+	return Stats{Seen: o.seen.Load(), KernelLost: lost, DecodeErrors: o.decodeErrs.Load(), SubscriberLag: o.lag.Load(), Capacity: o.capacity, Stored: stored}
 }
