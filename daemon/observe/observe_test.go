@@ -184,17 +184,28 @@ func TestFollow(t *testing.T) {
 }
 
 // TestEventNamedByDNS: a datapath flow carries the names the pod's DNS
-// answers gave for the address it went to, as they were when it was read.
+// answers gave for the address it went to; one read before the answer
+// reached aegisd (the proxy's events travel apart from the datapath's) is
+// named once the answer is in.
 func TestEventNamedByDNS(t *testing.T) {
 	o := New(nil, fakeResolver{}, 8, slog.Default())
 	ev := drop()
 	ev.Dir = uint8(policy.Egress)
 	ev.Src, ev.Dst = netip.MustParseAddrPort("10.244.1.2:40000"), netip.MustParseAddrPort("203.0.113.20:443")
 	o.AddEvents(ev)
+	if fs := o.Last(10, nil); len(fs) != 1 || fs[0].GetDestinationNames() != nil {
+		t.Fatalf("named before any answer: %v", fs)
+	}
 	o.Add(dnsAnswer("10.244.1.2", "www.microsoft.com.", 300, flow.Verdict_FORWARDED, nil, "203.0.113.20"))
 	o.AddEvents(ev)
 	fs := o.Last(10, nil)
-	if len(fs) != 3 || fs[0].GetDestinationNames() != nil || !slices.Equal(fs[2].GetDestinationNames(), []string{"www.microsoft.com"}) {
-		t.Errorf("names before and after the answer: %v, %v", fs[0].GetDestinationNames(), fs[len(fs)-1].GetDestinationNames())
+	if len(fs) != 3 || !slices.Equal(fs[0].GetDestinationNames(), []string{"www.microsoft.com"}) || !slices.Equal(fs[2].GetDestinationNames(), []string{"www.microsoft.com"}) {
+		t.Errorf("names of the flows read before and after the answer: %v, %v", fs[0].GetDestinationNames(), fs[len(fs)-1].GetDestinationNames())
+	}
+	other := ev
+	other.Dst = netip.MustParseAddrPort("203.0.113.99:443")
+	o.AddEvents(other)
+	if fs := o.Last(1, nil); fs[0].GetDestinationNames() != nil {
+		t.Errorf("an address no answer gave is named %v", fs[0].GetDestinationNames())
 	}
 }

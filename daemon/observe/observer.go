@@ -216,7 +216,17 @@ func (o *Observer) AddTap(t Tap) (remove func()) {
 }
 
 // Flow builds the Hubble flow of an entry.
-func (o *Observer) Flow(e *Entry) *flow.Flow { return build(e, o.node) }
+func (o *Observer) Flow(e *Entry) *flow.Flow {
+	f := build(e, o.node)
+	if e.l7 == nil && e.srcNames == nil && e.dstNames == nil {
+		// The DNS proxy's answers reach aegisd apart from the datapath's
+		// events, so the first packets of a connection opened right after
+		// an answer can be read before it: names learned since still
+		// name them.
+		f.SourceNames, f.DestinationNames = o.dns.pair(e.src.ep.PodName != "", e.dst.ep.PodName != "", e.ev.Src.Addr(), e.ev.Dst.Addr(), e.ev.Time)
+	}
+	return f
+}
 
 // watchLost turns increases of the datapath's per-CPU lost counter into
 // LostEvents until ctx ends. Losses from before this observer started
