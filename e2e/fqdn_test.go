@@ -203,7 +203,7 @@ func checkNamedFlow(t *testing.T, n *node.Node, addr string) {
 	var last string
 	deadline := time.Now().Add(3 * time.Second) // events are read every 50 ms
 	for time.Now().Before(deadline) {
-		out, err := n.CLI("observe", "-o", "json", "--last", "100", "--to-fqdn", "*.microsoft.com", "--from-pod", "pets/order-service")
+		out, err := n.CLI("observe", "-o", "json", "--last", "100", "--to-fqdn", "*.microsoft.com", "--from-workload", "Deployment/order-service")
 		if err != nil {
 			t.Fatalf("aegis observe --to-fqdn: %v\n%s", err, out)
 		}
@@ -217,6 +217,10 @@ func checkNamedFlow(t *testing.T, n *node.Node, addr string) {
 			if fl.GetIP().GetDestination() == addr && fl.GetL4().GetTCP().GetDestinationPort() == 443 &&
 				slices.Contains(fl.GetDestinationNames(), "www.microsoft.com") &&
 				len(w) == 1 && w[0].GetName() == "order-service" && w[0].GetKind() == "Deployment" {
+				// Another kind of workload of that name selects nothing.
+				if out, err := n.CLI("observe", "-o", "json", "--last", "100", "--from-workload", "StatefulSet/order-service"); err != nil || strings.TrimSpace(out) != "" {
+					t.Errorf("--from-workload StatefulSet/order-service: %v\n%s", err, out)
+				}
 				return
 			}
 		}

@@ -52,7 +52,24 @@ func cmdObserve(ctx context.Context, socket string, argv []string) error {
 	list("protocol", "tcp, udp, sctp, icmpv4", str(&ff.Protocol))
 	list("port", "flows to this port", str(&ff.DestinationPort))
 	list("label", "flows with either end matching this label selector", str(&ff.SourceLabel))
-	list("to-fqdn", "flows to this FQDN (DNS-learned names)", str(&ff.DestinationFqdn))
+	list("to-fqdn", "flows to this FQDN (DNS-learned names; * matches any name characters)", str(&ff.DestinationFqdn))
+	list("from-fqdn", "flows from this FQDN (DNS-learned names)", str(&ff.SourceFqdn))
+	workload := func(dst *[]*flow.Workload) func(string) error {
+		return func(s string) error {
+			// As hubble reads it: KIND/NAME, or NAME of any kind.
+			w := &flow.Workload{Name: s}
+			if kind, name, ok := strings.Cut(s, "/"); ok {
+				w.Kind, w.Name = kind, name
+			}
+			if w.Name == "" {
+				return fmt.Errorf("workload %q: want KIND/NAME or NAME", s)
+			}
+			*dst = append(*dst, w)
+			return nil
+		}
+	}
+	list("from-workload", "flows from pods of this workload: KIND/NAME (Deployment/web) or NAME", workload(&ff.SourceWorkload))
+	list("to-workload", "flows to pods of this workload: KIND/NAME or NAME", workload(&ff.DestinationWorkload))
 	list("drop-reason-desc", "e.g. POLICY_DENIED", func(s string) error {
 		v, ok := flow.DropReason_value[strings.ToUpper(s)]
 		if !ok {
