@@ -67,6 +67,28 @@ func serveHTTP(t *testing.T, ns *netns.NS, addr, name string) {
 	t.Cleanup(func() { srv.Close() })
 }
 
+// newL7Node is a node with the pet store's store-front, order-service and
+// product-service, which serves HTTP on 3002; setup runs on the node
+// before its daemon starts.
+func newL7Node(t *testing.T, setup func(*node.Node)) (n *node.Node, sf, ps, orders *node.Pod) {
+	n = node.New(t, node.Options{})
+	if setup != nil {
+		setup(n)
+	}
+	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil))
+	var manifests []string
+	for _, name := range []string{"store-front", "product-service", "order-service"} {
+		manifests = append(manifests, node.PodManifest("pets", name, petStoreLabels(name)))
+	}
+	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
+	n.StartDaemon()
+	sf = n.NewPod("pets", "store-front", nil)
+	ps = n.NewPod("pets", "product-service", nil)
+	orders = n.NewPod("pets", "order-service", nil)
+	serveHTTP(t, ps.NS, ps.Addr(3002), "product-service")
+	return n, sf, ps, orders
+}
+
 // podClient is an HTTP client whose connections start inside ns, one at a
 // time (so keep-alive reuse is observable).
 func podClient(ns *netns.NS) *http.Client {
@@ -368,23 +390,14 @@ spec:
 // the proxy at the destination's veth; peers the rule does not name stay
 // dropped at L3/L4.
 func TestL7HTTPIngress(t *testing.T) {
-	n := node.New(t, node.Options{})
-	out := n.AddOutside(t, "192.0.2.10")
-	// A strict reverse path filter, as many distributions set it: the
-	// bounce into the proxy must work with it (aegisd makes conf/all loose,
-	// aegis-cni turns it off on host veths).
-	n.NS.MustExec(t, "sysctl", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
-	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil))
-	var manifests []string
-	for _, name := range []string{"store-front", "product-service", "order-service"} {
-		manifests = append(manifests, node.PodManifest("pets", name, petStoreLabels(name)))
-	}
-	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
-	n.StartDaemon()
-	sf := n.NewPod("pets", "store-front", nil)
-	ps := n.NewPod("pets", "product-service", nil)
-	orders := n.NewPod("pets", "order-service", nil)
-	serveHTTP(t, ps.NS, ps.Addr(3002), "product-service")
+	var out *node.Outside
+	n, sf, ps, orders := newL7Node(t, func(n *node.Node) {
+		out = n.AddOutside(t, "192.0.2.10")
+		// A strict reverse path filter, as many distributions set it: the
+		// bounce into the proxy must work with it (aegisd makes conf/all
+		// loose, aegis-cni turns it off on host veths).
+		n.NS.MustExec(t, "sysctl", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
+	})
 	n.Apply("10-cnp.yaml", productServiceHTTP)
 
 	base := "http://" + ps.Addr(3002)
@@ -566,18 +579,7 @@ spec:
 // product-service lets store-front in, the server sees store-front's own
 // address and port.
 func TestL7HTTPUpstreamPolicy(t *testing.T) {
-	n := node.New(t, node.Options{})
-	n.Apply("00-namespaces.yaml", node.NamespaceManifest("pets", nil))
-	var manifests []string
-	for _, name := range []string{"store-front", "product-service", "order-service"} {
-		manifests = append(manifests, node.PodManifest("pets", name, petStoreLabels(name)))
-	}
-	n.Apply("01-pods.yaml", strings.Join(manifests, "---\n"))
-	n.StartDaemon()
-	sf := n.NewPod("pets", "store-front", nil)
-	ps := n.NewPod("pets", "product-service", nil)
-	orders := n.NewPod("pets", "order-service", nil)
-	serveHTTP(t, ps.NS, ps.Addr(3002), "product-service")
+	n, sf, ps, orders := newL7Node(t, nil)
 	n.Apply("10-store-front.yaml", storeFrontHTTPEgress)
 	n.Apply("11-product-service.yaml", productServiceIngress("order-service"))
 
