@@ -94,6 +94,20 @@ static __always_inline __u32 fqdn_allowed(__u32 local_id, const struct tuple *t)
 	return cookie ? *cookie : 0;
 }
 
+/* assign_marked assigns the packet to sk (a socket of the proxies,
+ * released here) and marks it, so the node's policy routing delivers it
+ * locally; 0 on success, else the drop reason. */
+static __always_inline int assign_marked(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	long ret = bpf_sk_assign(skb, sk, 0);
+
+	bpf_sk_release(sk);
+	if (ret)
+		return DROP_SOCKET_ASSIGN;
+	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
+	return 0;
+}
+
 /* redirect_to_proxy hands the packet to the proxy for action (the DNS
  * proxy, UDP and TCP, or the HTTP proxy, TCP); 0 on success, else the
  * drop reason. */
@@ -104,7 +118,6 @@ static __always_inline int redirect_to_proxy(struct __sk_buff *skb, const struct
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_sock *sk = 0;
 	__u16 port;
-	long ret;
 
 	if (!cfg)
 		return DROP_SOCKET_LOOKUP;
@@ -134,12 +147,7 @@ static __always_inline int redirect_to_proxy(struct __sk_buff *skb, const struct
 	}
 	if (!sk)
 		return DROP_SOCKET_LOOKUP;
-	ret = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (ret)
-		return DROP_SOCKET_ASSIGN;
-	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
-	return 0;
+	return assign_marked(skb, sk);
 }
 
 /* bounce_to_proxy sends a packet on its way into a pod back to the ingress
@@ -169,7 +177,6 @@ static __always_inline int assign_upstream_reply(struct __sk_buff *skb, const st
 {
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_sock *sk;
-	long ret;
 
 	if (t->proto != IPPROTO_TCP)
 		return DROP_PROXY_PROTO;
@@ -184,12 +191,7 @@ static __always_inline int assign_upstream_reply(struct __sk_buff *skb, const st
 		bpf_sk_release(sk);
 		return DROP_SOCKET_LOOKUP;
 	}
-	ret = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (ret)
-		return DROP_SOCKET_ASSIGN;
-	skb->mark = (skb->mark & ~PROXY_MARK_MASK) | PROXY_MARK;
-	return 0;
+	return assign_marked(skb, sk);
 }
 
 /* assign_bounced hands a bounced packet to the HTTP proxy; 0 on success,
