@@ -299,12 +299,23 @@ func waitForwarded(t *testing.T, what string, run func() (string, error)) {
 // it the test fails in CI and skips the rest loudly elsewhere.
 func peerBinary(t *testing.T, dir, name, script string) string {
 	t.Helper()
+	bin, ok := findPeer(t, dir, name, script)
+	if !ok {
+		t.Skipf("SKIPPED: %s missing (make peers builds it with %s)", bin, script)
+	}
+	return bin
+}
+
+// findPeer is the path of a peer binary make peers builds into the cache,
+// and whether it is there; under CI a missing one fails the test.
+func findPeer(t *testing.T, dir, name, script string) (string, bool) {
+	t.Helper()
 	bin := filepath.Join(cacheDir(), dir, name)
 	if _, err := os.Stat(bin); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s missing: run %s (make peers does)", bin, script)
 		}
-		t.Skipf("SKIPPED: %s missing (make peers builds it with %s)", bin, script)
+		return bin, false
 	}
-	return bin
+	return bin, true
 }

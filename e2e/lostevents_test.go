@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -178,12 +176,8 @@ spec:
 // add up to lost.
 func checkHubbleCLILost(t *testing.T, n *node.Node, lost uint64) {
 	t.Helper()
-	bin := filepath.Join(cacheDir(), "hubble-v1.20.2", "hubble")
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing: run scripts/build-hubble-cli.sh (make peers does)", bin)
-		}
-		t.Logf("SKIPPED the stock hubble CLI check: %s missing (make peers builds it)", bin)
+	bin := hubbleCLI(t)
+	if bin == "" {
 		return
 	}
 	out, err := exec.Command(bin, "observe", "--server", "unix://"+n.HubbleSocket, "--last", "100000", "-o", "jsonpb").CombinedOutput()
