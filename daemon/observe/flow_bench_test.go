@@ -34,15 +34,7 @@ func BenchmarkTake(b *testing.B) {
 	ev := drop()
 	b.ReportAllocs()
 	for b.Loop() {
-		if len(batch) == 0 {
-			o.names.refresh()
-		}
-		batch = append(batch, Entry{ev: ev})
-		o.names.resolve(&batch[len(batch)-1])
-		if len(batch) == cap(batch) {
-			o.take(batch)
-			batch = batch[:0]
-		}
+		batch = o.collect(batch, ev)
 	}
 }
 

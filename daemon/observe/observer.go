@@ -140,16 +140,23 @@ func (o *Observer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if len(batch) == 0 {
-			o.names.refresh()
-		}
-		batch = append(batch, Entry{ev: ev})
-		o.names.resolve(&batch[len(batch)-1])
-		if len(batch) == cap(batch) {
-			o.take(batch)
-			batch = batch[:0]
-		}
+		batch = o.collect(batch, ev)
 	}
+}
+
+// collect resolves one event into the reader's batch, taking the batch in
+// when it is full. The resolver's tables are checked once a batch.
+func (o *Observer) collect(batch []Entry, ev bpf.FlowEvent) []Entry {
+	if len(batch) == 0 {
+		o.names.refresh()
+	}
+	batch = append(batch, Entry{ev: ev})
+	o.names.resolve(&batch[len(batch)-1])
+	if len(batch) == cap(batch) {
+		o.take(batch)
+		batch = batch[:0]
+	}
+	return batch
 }
 
 // AddEvents takes decoded datapath events in as the reader does, resolving
