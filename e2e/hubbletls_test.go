@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -191,36 +190,10 @@ func checkRelay(t *testing.T, n *node.Node, p *hubblePKI, hubbleBin string) {
 	t.Helper()
 	relayBin := peerBinary(t, "hubble-relay-v1.20.2", "hubble-relay", "scripts/build-hubble-relay.sh")
 	const relayAddr = "127.0.0.1:4245"
-	logPath := filepath.Join(n.Dir, "hubble-relay.log")
-	logF, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logF.Close()
-	relay := n.NS.Command(relayBin, "serve", "--peer-service", hubbleTCP, "--listen-address", relayAddr,
+	startProcess(t, n.NS, "hubble-relay.log", relayBin, "serve", "--peer-service", hubbleTCP, "--listen-address", relayAddr,
 		"--health-listen-address", "127.0.0.1:4222", "--gops=false", "--retry-timeout", "2s",
 		"--tls-hubble-server-ca-files", p.ca, "--tls-hubble-client-cert-file", p.relayClientCert,
 		"--tls-hubble-client-key-file", p.relayClientKey, "--disable-server-tls")
-	relay.Stdout, relay.Stderr = logF, logF
-	if err := relay.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = relay.Wait(); close(done) }()
-	t.Cleanup(func() {
-		// ip netns exec execs relay in its own place: this pid is relay's.
-		_ = relay.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = relay.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("--- hubble-relay log:\n%s", b)
-		}
-	})
 	hubble := func(args ...string) (string, error) {
 		out, err := n.NS.Command(hubbleBin, append(args, "--server", relayAddr)...).CombinedOutput()
 		return string(out), err
@@ -228,6 +201,7 @@ func checkRelay(t *testing.T, n *node.Node, p *hubblePKI, hubbleBin string) {
 	// Relay learns the node from aegisd's Peer service and connects to
 	// the address and TLS server name it announced.
 	var out string
+	var err error
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, err = hubble("status")
