@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -276,8 +275,4 @@ func resolve(ns *netns.NS, server, network, name string) ([]netip.Addr, []string
 // caller.
 func connect(ns *netns.NS, addr string, timeout time.Duration) (net.Conn, error) {
 	return ns.Dial("tcp", addr, timeout)
-}
-
-func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }

@@ -332,7 +332,7 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 
 	// A real change bumps the generation once.
 	db.Labels["tier"] = "data"
-	if db, err = cs.CoreV1().Pods("pets").Update(ctx, db, metav1.UpdateOptions{}); err != nil {
+	if _, err = cs.CoreV1().Pods("pets").Update(ctx, db, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	u = w.until("pod label change", func(u update) bool {

@@ -53,7 +53,6 @@ type side struct {
 	name           string
 	n              *node.Node
 	client, server *node.Pod
-	stopServers    func()
 }
 
 func newSide(b *testing.B, name string, aegis bool, daemonArgs ...string) *side {
