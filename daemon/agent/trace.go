@@ -137,7 +137,7 @@ func traceRequest(v view, local, remote uint32, dir policy.Direction, req api.Tr
 	}
 	// The Host a client would send is not known here; rules on host do
 	// not match.
-	hr, err := http.NewRequest(method, "http://trace.invalid"+path, nil)
+	hr, err := l7proxy.TraceRequest(method, path)
 	if err != nil {
 		return "denied", "not a request: " + err.Error(), ""
 	}

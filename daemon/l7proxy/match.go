@@ -1,6 +1,7 @@
 package l7proxy
 
 import (
+	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
@@ -55,36 +56,94 @@ func Compile(r cnp.HTTPRule) (*Rule, error) {
 	return &c, nil
 }
 
+// Request is what the rules judge of a request: the proxy fills it from
+// the request head it parsed, without building an http.Request.
+type Request struct {
+	Method string
+	// Path is the request target's path, percent-decoded, without the
+	// query, as net/url decodes it.
+	Path string
+	Host string
+	// Header holds the header fields in the order received; names match
+	// whatever their case, values whole (trimmed of surrounding
+	// whitespace, not split at commas), as in an http.Header.
+	Header []Field
+}
+
+// TraceRequest is the request `aegis policy trace` judges: method and
+// path (an origin-form target: "/", an optional query), parsed as the
+// proxy parses a request. The host a client would send is not known:
+// rules on host do not match it.
+func TraceRequest(method, path string) (*Request, error) {
+	if !strings.HasPrefix(path, "/") {
+		return nil, fmt.Errorf("path %q does not start with /", path)
+	}
+	var h requestHead
+	if err := parseRequestHead([]byte(method+" "+path+" HTTP/1.1\r\nHost: trace.invalid\r\n\r\n"), &h); err != nil {
+		return nil, err
+	}
+	return &h.view, nil
+}
+
+// Field is one header field of a Request. Byte slices, so that the proxy
+// can point them into the request head it read.
+type Field struct {
+	Name, Value []byte
+}
+
 // Matches reports whether the request satisfies every part of the rule.
-func (c *Rule) Matches(r *http.Request) bool {
+func (c *Rule) Matches(r *Request) bool {
 	if c.method != nil && !c.method.MatchString(r.Method) {
 		return false
 	}
-	if c.path != nil && !c.path.MatchString(r.URL.Path) {
+	if c.path != nil && !c.path.MatchString(r.Path) {
 		return false
 	}
 	if c.host != nil && !c.host.MatchString(r.Host) {
 		return false
 	}
 	for _, h := range c.headers {
-		vals, ok := r.Header[h.name]
-		if !ok {
-			return false
-		}
-		if h.check && !contains(vals, h.value) {
+		if !h.matches(r.Header) {
 			return false
 		}
 	}
 	return true
 }
 
-func contains(vals []string, v string) bool {
-	for _, x := range vals {
-		if x == v {
+// matches reports whether a field of fields is named h.name and, if h
+// checks it, has h.value. Names compare ASCII case-insensitively, which
+// is what canonicalizing both sides did: a request's names are tokens.
+func (h header) matches(fields []Field) bool {
+	for _, f := range fields {
+		if asciiEqualFold(f.Name, h.name) && (!h.check || string(f.Value) == h.value) {
 			return true
 		}
 	}
 	return false
+}
+
+// asciiEqualFold compares b and s ignoring ASCII case only (bytes.EqualFold
+// would also fold Unicode, letting a rule's non-ASCII name match).
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		x, y := b[i], s[i]
+		if x == y {
+			continue
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func ruleKey(r cnp.HTTPRule) string {
@@ -124,12 +183,12 @@ type Decision struct {
 // request through (the proxy's own connection upstream is not judged
 // again), so the rules of both apply. A connection no rule covers gets
 // nothing through.
-func Decide(res *policy.Result, src, dst uint32, port uint16, r *http.Request) Decision {
+func Decide(res *policy.Result, src, dst uint32, port uint16, r *Request) Decision {
 	var m matcher
 	return m.decide(res, src, dst, port, r)
 }
 
-func (m *matcher) decide(res *policy.Result, src, dst uint32, port uint16, r *http.Request) Decision {
+func (m *matcher) decide(res *policy.Result, src, dst uint32, port uint16, r *Request) Decision {
 	if res == nil {
 		return Decision{Dir: policy.Egress}
 	}
@@ -160,7 +219,7 @@ func (m *matcher) decide(res *policy.Result, src, dst uint32, port uint16, r *ht
 
 // match returns the cookie of the first rule set with a rule matching r.
 // Rules of one set are ORed; a set without rules allows every request.
-func (m *matcher) match(sets []policy.HTTPRuleSet, r *http.Request) (uint32, bool) {
+func (m *matcher) match(sets []policy.HTTPRuleSet, r *Request) (uint32, bool) {
 	for _, s := range sets {
 		if len(s.Rules) == 0 {
 			return s.Cookie, true

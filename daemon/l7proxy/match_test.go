@@ -1,26 +1,28 @@
 package l7proxy
 
 import (
-	"net/http"
-	"net/url"
 	"testing"
 
 	"github.com/aegis-cni/aegis/daemon/policy/cnp"
 )
 
-func req(method, target, host string, headers map[string]string) *http.Request {
-	u, _ := url.Parse(target)
-	r := &http.Request{Method: method, URL: u, Host: host, Header: http.Header{}}
+// req is the rules' view of a request, as the proxy's parser makes it.
+func req(method, target, host string, headers map[string]string) *Request {
+	raw := method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\n"
 	for k, v := range headers {
-		r.Header.Set(k, v)
+		raw += k + ": " + v + "\r\n"
 	}
-	return r
+	var h requestHead
+	if err := parseRequestHead([]byte(raw+"\r\n"), &h); err != nil {
+		panic(err)
+	}
+	return &h.view
 }
 
 func TestRuleMatches(t *testing.T) {
 	cases := []struct {
 		rule cnp.HTTPRule
-		r    *http.Request
+		r    *Request
 		want bool
 	}{
 		{cnp.HTTPRule{Method: "GET", Path: "/"}, req("GET", "/", "x", nil), true},
@@ -49,7 +51,7 @@ func TestRuleMatches(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := r.Matches(c.r); got != c.want {
-			t.Errorf("%+v matches %s %s (host %s, %v): %v, want %v", c.rule, c.r.Method, c.r.URL, c.r.Host, c.r.Header, got, c.want)
+			t.Errorf("%+v matches %s %s (host %s, %q): %v, want %v", c.rule, c.r.Method, c.r.Path, c.r.Host, c.r.Header, got, c.want)
 		}
 	}
 }
@@ -62,10 +64,9 @@ func FuzzRule(f *testing.F) {
 		if err != nil {
 			return
 		}
-		u := &url.URL{Path: rp}
-		r := &http.Request{Method: rm, URL: u, Host: rh, Header: http.Header{}}
+		r := &Request{Method: rm, Path: rp, Host: rh}
 		if hk != "" {
-			r.Header[http.CanonicalHeaderKey(hk)] = []string{hv}
+			r.Header = []Field{{Name: []byte(hk), Value: []byte(hv)}}
 		}
 		got := rule.Matches(r)
 		// An empty rule part never decides against a request.

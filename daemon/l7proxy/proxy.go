@@ -1,10 +1,15 @@
 // Package l7proxy is the transparent HTTP proxy. The datapath hands it the
 // connections of pods to ports with HTTP rules (bpf_sk_assign to its
-// IP_TRANSPARENT listener); it reads each HTTP/1.1 request, forwards those
-// a rule matches to the address the pod connected to (from the client's
-// own address, so the server's policy still judges the client: see
-// upstream.go), answers the others `403 Access denied`, and reports every
-// request and response as an L7 HTTP flow.
+// IP_TRANSPARENT listener); it reads each HTTP/1.1 request head, forwards
+// the requests a rule matches, head as received and body as it comes, to
+// the address the pod connected to (from the client's own address, so the
+// server's policy still judges the client: see upstream.go), answers the
+// others `403 Access denied`, and reports every request and response as an
+// L7 HTTP flow. It is an HTTP/1.1 forwarder of its own rather than
+// net/http's server and reverse proxy: it parses only what framing and the
+// rules need (head.go, body.go), one goroutine per client connection with
+// one upstream connection of its own (conn.go), which costs a fraction of
+// the CPU per request.
 package l7proxy
 
 import (
@@ -13,15 +18,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/cilium/cilium/api/v1/flow"
 	"golang.org/x/sys/unix"
 
 	"github.com/aegis-cni/aegis/bpf"
@@ -33,10 +35,10 @@ import (
 type Config struct {
 	Port uint16
 	// HeaderTimeout bounds how long a client may take to send a request's
-	// headers (slowloris); IdleTimeout how long a kept-alive connection may
-	// wait for its next request.
+	// head once it started it (slowloris); IdleTimeout how long a
+	// kept-alive connection may wait for its next request.
 	HeaderTimeout, IdleTimeout time.Duration
-	// MaxHeaderBytes bounds a request's headers (more gets 431).
+	// MaxHeaderBytes bounds a request's head (more gets 431).
 	MaxHeaderBytes int
 	// ConnectTimeout bounds an upstream connect: a server whose policy
 	// drops the client's connection never answers (the client gets 503).
@@ -52,39 +54,28 @@ type Datapath interface {
 
 // Proxy is the HTTP proxy.
 type Proxy struct {
-	cfg  Config
-	dp   Datapath
-	emit func(observe.HTTPEvent)
-	log  *slog.Logger
-	res  atomic.Pointer[policy.Result]
-	ln   net.Listener
-	srv  *http.Server
-	rp   *httputil.ReverseProxy
-	m    matcher
-	// shared is the transport of connections from the node's address;
-	// conns the client connections open, to close their own transports.
-	shared      *http.Transport
-	conns       sync.Map // net.Conn -> *connInfo
+	cfg         Config
+	dp          Datapath
+	emit        func(observe.HTTPEvent)
+	log         *slog.Logger
+	res         atomic.Pointer[policy.Result]
+	ln          net.Listener
+	m           matcher
 	viaEndpoint func(netip.Addr) (bool, error)
+	runCtx      atomic.Pointer[context.Context]
 	Allowed     atomic.Uint64
 	Denied      atomic.Uint64
+
+	// closing: shutdown began; conns are the client connections open.
+	closing atomic.Bool
+	mu      sync.Mutex
+	conns   map[*conn]struct{}
+	wg      sync.WaitGroup
 }
 
-type ctxKey int
-
-const (
-	keyDst ctxKey = iota
-	keyConn
-	keyEvent
-)
-
-// connInfo is what the proxy knows of a pod's connection, looked up once
-// per connection rather than per request.
-type connInfo struct {
-	src, dst     netip.AddrPort
-	srcID, dstID uint32
-	up           upstream
-}
+// shutdownGrace is how long connections serving a request at shutdown
+// have to finish it.
+const shutdownGrace = 2 * time.Second
 
 // UpstreamMark marks the proxy's connections to servers (PROXY_UPSTREAM_MARK
 // in bpf/src/proxy.h): the datapath judges them by the server's ingress
@@ -95,8 +86,8 @@ type connInfo struct {
 // policy routing leaves these packets alone.
 const UpstreamMark = 0x0b00
 
-// New opens the listener.
-func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger) (*Proxy, error) {
+// newProxy is a proxy without its listener.
+func newProxy(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger) *Proxy {
 	if cfg.HeaderTimeout == 0 {
 		cfg.HeaderTimeout = 10 * time.Second
 	}
@@ -114,6 +105,12 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 	}
 	p := &Proxy{cfg: cfg, dp: dp, emit: emit, log: log}
 	p.viaEndpoint = func(a netip.Addr) (bool, error) { return routesToEndpoint(dp, a) }
+	return p
+}
+
+// New opens the listener.
+func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger) (*Proxy, error) {
+	p := newProxy(cfg, dp, emit, log)
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -128,153 +125,83 @@ func New(cfg Config, dp Datapath, emit func(observe.HTTPEvent), log *slog.Logger
 		}
 		return serr
 	}}
-	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", cfg.Port))
+	ln, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", p.cfg.Port))
 	if err != nil {
-		return nil, fmt.Errorf("http proxy: listen :%d: %w", cfg.Port, err)
+		return nil, fmt.Errorf("http proxy: listen :%d: %w", p.cfg.Port, err)
 	}
 	p.ln = ln
-	p.shared = newTransport(cfg.IdleTimeout, false, func(ctx context.Context) (net.Conn, error) {
-		dst, _ := ctx.Value(keyDst).(netip.AddrPort)
-		return dialUpstream(ctx, netip.AddrPort{}, dst, cfg.ConnectTimeout)
-	})
-	p.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			dst, _ := pr.In.Context().Value(keyDst).(netip.AddrPort)
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = dst.String()
-			// The client's view stays: its Host header, no X-Forwarded-*.
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: roundTripper{p},
-		// No flush after every write: a response of known length goes out
-		// in as few writes as its size allows (a large one still streams,
-		// buffer by buffer), and ReverseProxy flushes streaming responses
-		// (unknown length, event streams) at once by itself.
-		FlushInterval: 0,
-		// Without a pool ReverseProxy allocates (and clears) a 32 KiB
-		// copy buffer for every response.
-		BufferPool: copyBuffers{},
-		ModifyResponse: func(resp *http.Response) error {
-			p.respond(resp.Request.Context(), uint32(resp.StatusCode))
-			return nil
-		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			code := upstreamStatus(err)
-			var ue *upstreamError
-			if errors.As(err, &ue) && ue.stage != stageConnect {
-				// The proxy's own failure, not the server's: worth a
-				// warning.
-				p.log.Warn("http proxy: upstream", "err", err)
-			} else {
-				p.log.Debug("http proxy: upstream", "err", err)
-			}
-			if code == http.StatusServiceUnavailable {
-				w.Header().Set("Content-Type", "text/plain")
-				w.WriteHeader(code)
-				_, _ = w.Write([]byte("upstream connect error\r\n"))
-			} else {
-				w.WriteHeader(code)
-			}
-			p.respond(r.Context(), uint32(code))
-		},
-	}
-	p.srv = &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: cfg.HeaderTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			// The listener is transparent: the connection's local address
-			// is the one the pod connected to.
-			dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-			dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-			src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			ci := &connInfo{src: src, dst: dst, srcID: p.dp.LookupIPCache(src.Addr()), dstID: p.dp.LookupIPCache(dst.Addr())}
-			p.conns.Store(c, ci)
-			return context.WithValue(context.WithValue(ctx, keyDst, dst), keyConn, ci)
-		},
-		ConnState: func(c net.Conn, s http.ConnState) {
-			if s != http.StateClosed && s != http.StateHijacked {
-				return
-			}
-			if v, ok := p.conns.LoadAndDelete(c); ok {
-				v.(*connInfo).up.close()
-			}
-		},
-	}
 	return p, nil
 }
 
 // SetPolicy gives the proxy the compiled HTTP rules.
 func (p *Proxy) SetPolicy(res *policy.Result) { p.res.Store(res) }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends, then gives the requests under way
+// shutdownGrace to finish.
 func (p *Proxy) Run(ctx context.Context) error {
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = p.srv.Shutdown(sctx)
-	}()
-	if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("http proxy: %w", err)
+	p.runCtx.Store(&ctx)
+	stop := context.AfterFunc(ctx, p.shutdown)
+	defer stop()
+	var backoff time.Duration
+	for {
+		nc, err := p.ln.Accept()
+		if err != nil {
+			if p.closing.Load() {
+				break
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("http proxy: accept: %w", err)
+			}
+			// Out of descriptors, a connection aborted before it was
+			// taken: wait a little and go on, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.log.Warn("http proxy: accept", "err", err, "retry in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		// The listener is transparent: the connection's local address
+		// is the one the pod connected to.
+		dst := nc.LocalAddr().(*net.TCPAddr).AddrPort()
+		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		src := nc.RemoteAddr().(*net.TCPAddr).AddrPort()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		p.serveConn(nc, connInfo{src: src, dst: dst, srcID: p.dp.LookupIPCache(src.Addr()), dstID: p.dp.LookupIPCache(dst.Addr())})
+	}
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		p.mu.Lock()
+		for c := range p.conns {
+			c.kill()
+		}
+		p.mu.Unlock()
+		<-done
 	}
 	return nil
 }
 
-// ServeHTTP decides one request.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	ci, _ := r.Context().Value(keyConn).(*connInfo)
-	if ci == nil {
-		http.Error(w, "no connection", http.StatusInternalServerError)
-		return
+// shutdown stops accepting and ends the connections waiting for a
+// request; the others end after their current one.
+func (p *Proxy) shutdown() {
+	p.closing.Store(true)
+	_ = p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if c.idle.Load() {
+			_ = c.nc.Close()
+		}
 	}
-	ev := observe.HTTPEvent{Time: start, Src: ci.src, Dst: ci.dst, SrcIdentity: ci.srcID, DstIdentity: ci.dstID,
-		Method: r.Method, URL: "http://" + r.Host + r.URL.RequestURI(), Protocol: r.Proto}
-	d := p.m.decide(p.res.Load(), ci.srcID, ci.dstID, ci.dst.Port(), r)
-	ev.Direction, ev.Cookie = flow.TrafficDirection_EGRESS, d.Cookie
-	if d.Dir == policy.Ingress {
-		ev.Direction = flow.TrafficDirection_INGRESS
-	}
-	if !d.Allowed {
-		p.Denied.Add(1)
-		ev.Verdict = flow.Verdict_DROPPED
-		p.emit(ev)
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusForbidden)
-		_, _ = w.Write([]byte("Access denied\r\n"))
-		resp := ev
-		resp.Response, resp.Code, resp.Latency, resp.Time = true, http.StatusForbidden, time.Since(start), time.Now()
-		p.emit(resp)
-		return
-	}
-	p.Allowed.Add(1)
-	// An allowed request is reported once, with its response (which
-	// carries the method and URL): the event stream costs as much as the
-	// proxying.
-	ev.Verdict = flow.Verdict_FORWARDED
-	ctx := context.WithValue(r.Context(), keyEvent, &ev)
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 
-// respond reports the response to the request whose context ctx is.
-func (p *Proxy) respond(ctx context.Context, code uint32) {
-	ev, _ := ctx.Value(keyEvent).(*observe.HTTPEvent)
-	if ev == nil {
-		return
+// ctx is the context upstream connects run in: Run's, so that shutdown
+// ends them.
+func (p *Proxy) ctx() context.Context {
+	if c := p.runCtx.Load(); c != nil {
+		return *c
 	}
-	resp := *ev
-	resp.Response, resp.Code, resp.Latency, resp.Time = true, code, time.Since(ev.Time), time.Now()
-	p.emit(resp)
+	return context.Background()
 }
-
-// copyBuffers lends ReverseProxy its body copy buffers.
-type copyBuffers struct{}
-
-var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
-func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }

@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -124,86 +122,6 @@ func dialUpstream(ctx context.Context, src, dst netip.AddrPort, timeout time.Dur
 		ue.stage = stageBind
 	}
 	return nil, ue
-}
-
-// newTransport is an upstream transport dialing with dial. Requests go to
-// the address the client connected to, whatever their Host says.
-func newTransport(idle time.Duration, perConn bool, dial func(context.Context) (net.Conn, error)) *http.Transport {
-	tr := &http.Transport{
-		DialContext:           func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       idle,
-		ResponseHeaderTimeout: 60 * time.Second,
-		DisableCompression:    true,
-	}
-	if perConn {
-		// One client connection asks one request at a time, and its
-		// address and port make one connection to the server at most.
-		tr.MaxIdleConnsPerHost, tr.MaxConnsPerHost = 1, 1
-	}
-	return tr
-}
-
-// upstream is how one client connection reaches its server, chosen at its
-// first forwarded request.
-type upstream struct {
-	once   sync.Once
-	rt     http.RoundTripper
-	own    *http.Transport // the client connection's own, closed with it
-	err    error
-	closed atomic.Bool
-}
-
-var errClientClosed = errors.New("client connection closed")
-
-// upstreamOf returns the transport of ci's requests.
-func (p *Proxy) upstreamOf(ci *connInfo) (http.RoundTripper, error) {
-	u := &ci.up
-	if u.closed.Load() {
-		return nil, errClientClosed
-	}
-	u.once.Do(func() {
-		local, err := p.viaEndpoint(ci.dst.Addr())
-		if err != nil {
-			u.err = &upstreamError{stage: stageRoute, dst: ci.dst, err: err}
-			return
-		}
-		if !local {
-			u.rt = p.shared
-			return
-		}
-		src, dst := ci.src, ci.dst
-		u.own = newTransport(p.cfg.IdleTimeout, true, func(ctx context.Context) (net.Conn, error) {
-			return dialUpstream(ctx, src, dst, p.cfg.ConnectTimeout)
-		})
-		u.rt = u.own
-	})
-	return u.rt, u.err
-}
-
-// close ends the client connection's own upstream connections.
-func (u *upstream) close() {
-	u.closed.Store(true)
-	// Once, so that no transport is made after the connection is gone.
-	u.once.Do(func() { u.err = errClientClosed })
-	if u.own != nil {
-		u.own.CloseIdleConnections()
-	}
-}
-
-// roundTripper sends each request on its client connection's transport.
-type roundTripper struct{ p *Proxy }
-
-func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	ci, _ := r.Context().Value(keyConn).(*connInfo)
-	if ci == nil {
-		return nil, errors.New("request without a client connection")
-	}
-	t, err := rt.p.upstreamOf(ci)
-	if err != nil {
-		return nil, err
-	}
-	return t.RoundTrip(r)
 }
 
 // routesToEndpoint says whether the node routes addr through the host veth

@@ -1,6 +1,7 @@
 package l7proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/aegis-cni/aegis/bpf"
+	"github.com/aegis-cni/aegis/daemon/observe"
+	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/e2e/netns"
 )
 
@@ -42,19 +45,21 @@ type noDatapath struct{}
 func (noDatapath) LookupIPCache(netip.Addr) uint32                { return 0 }
 func (noDatapath) LookupEndpoint(uint32) (bpf.EndpointInfo, bool) { return bpf.EndpointInfo{}, false }
 
-// newTestProxy is a proxy whose upstream connections go from the client's
-// address when local says so.
-func newTestProxy(t testing.TB, local func(netip.Addr) (bool, error)) *Proxy {
+// allowAll lets every request of identity 0 to identity 0 through.
+var allowAll = &policy.Result{HTTP: map[uint32][]policy.HTTPRuleSet{
+	0: {{AnyRemote: true, Ports: []policy.ProtoPort{{Proto: policy.ProtoTCP}}, Cookie: 1}},
+}}
+
+// newTestProxy is a proxy without a listener whose upstream connections go
+// from the client's address when local says so; emit gets its events.
+func newTestProxy(t testing.TB, local func(netip.Addr) (bool, error), emit func(observe.HTTPEvent)) *Proxy {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the proxy's sockets are IP_TRANSPARENT")
+		t.Skip("needs root: the proxy marks its upstream sockets (SO_MARK) and binds them transparently")
 	}
-	p, err := New(Config{ConnectTimeout: time.Second}, noDatapath{}, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.ln.Close() })
+	p := newProxy(Config{ConnectTimeout: time.Second, HeaderTimeout: 2 * time.Second}, noDatapath{}, emit, slog.New(slog.DiscardHandler))
 	p.viaEndpoint = local
+	p.SetPolicy(allowAll)
 	return p
 }
 
@@ -82,68 +87,98 @@ func freeAddr(t testing.TB, ip string) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func get(t testing.TB, p *Proxy, ci *connInfo) (string, error) {
+// through opens a client connection that p serves as one from src to dst
+// (as the datapath hands them over), and returns the client's end.
+func through(t testing.TB, p *Proxy, src, dst netip.AddrPort) net.Conn {
 	t.Helper()
-	ctx := context.WithValue(context.WithValue(context.Background(), keyDst, ci.dst), keyConn, ci)
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+ci.dst.String()+"/", nil)
-	resp, err := roundTripper{p}.RoundTrip(req)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.serveConn(server, connInfo{src: src, dst: dst})
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+// get sends GET / on a client connection and returns the answer.
+func get(t testing.TB, c net.Conn) (int, string, error) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return 0, "", err
+	}
+	// One byte at a time: what follows the response stays unread.
+	resp, err := http.ReadResponse(bufio.NewReaderSize(oneByte{c}, 16), nil)
+	if err != nil {
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return string(b), err
+	return resp.StatusCode, string(b), err
 }
+
+type oneByte struct{ r io.Reader }
+
+func (o oneByte) Read(p []byte) (int, error) { return o.r.Read(p[:min(len(p), 1)]) }
 
 // TestUpstreamFromClient: into a local endpoint, each client connection
 // reaches the server from its own address and port, over one kept-alive
 // connection of its own; elsewhere from the node's address.
 func TestUpstreamFromClient(t *testing.T) {
-	p := newTestProxy(t, func(netip.Addr) (bool, error) { return true, nil })
+	p := newTestProxy(t, func(netip.Addr) (bool, error) { return true, nil }, nil)
 	dst := echoPeer(t)
-	a := &connInfo{src: freeAddr(t, "127.0.0.2"), dst: dst}
-	b := &connInfo{src: freeAddr(t, "127.0.0.3"), dst: dst}
+	srcA, srcB := freeAddr(t, "127.0.0.2"), freeAddr(t, "127.0.0.3")
+	a, b := through(t, p, srcA, dst), through(t, p, srcB, dst)
 	for i := 0; i < 3; i++ {
-		for _, ci := range []*connInfo{a, b} {
-			got, err := get(t, p, ci)
-			if err != nil || got != ci.src.String() {
-				t.Fatalf("request %d from %s: server saw %q (%v), want the client's address and port", i, ci.src, got, err)
+		for _, tc := range []struct {
+			c   net.Conn
+			src netip.AddrPort
+		}{{a, srcA}, {b, srcB}} {
+			code, got, err := get(t, tc.c)
+			if err != nil || code != 200 || got != tc.src.String() {
+				t.Fatalf("request %d from %s: server saw %q (%d %v), want the client's address and port", i, tc.src, got, code, err)
 			}
 		}
 	}
 	// Closing the client connection ends its upstream connection: the same
 	// address and port can be bound again at once.
-	a.up.close()
-	if _, err := get(t, p, a); err == nil {
-		t.Error("a closed client connection still reached the server")
-	}
+	a.Close()
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		ln, err := net.Listen("tcp4", a.src.String())
+		ln, err := net.Listen("tcp4", srcA.String())
 		if err == nil {
 			ln.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the closed connection's upstream still holds %s: %v", a.src, err)
+			t.Fatalf("the closed connection's upstream still holds %s: %v", srcA, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	node := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil })
-	ci := &connInfo{src: freeAddr(t, "127.0.0.2"), dst: dst}
-	got, err := get(t, node, ci)
-	if err != nil || got == ci.src.String() || netip.MustParseAddrPort(got).Addr() != netip.MustParseAddr("127.0.0.1") {
-		t.Errorf("not to a local endpoint: server saw %q (%v), want the node's address", got, err)
+	node := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, nil)
+	src := freeAddr(t, "127.0.0.2")
+	code, got, err := get(t, through(t, node, src, dst))
+	if err != nil || code != 200 || got == src.String() || netip.MustParseAddrPort(got).Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("not to a local endpoint: server saw %q (%d %v), want the node's address", got, code, err)
 	}
 }
 
-// TestUpstreamFailures: a client address the proxy cannot bind is 502 with
-// the reason, never a connection from another address; a server that does
-// not take the connection is 503; so is one that never answers, within
-// the connect timeout.
+// TestUpstreamFailures: a client address the proxy cannot bind is 502,
+// never a connection from another address; a server that does not take
+// the connection is 503 and the client connection goes on; no route is
+// 502.
 func TestUpstreamFailures(t *testing.T) {
-	p := newTestProxy(t, func(netip.Addr) (bool, error) { return true, nil })
+	p := newTestProxy(t, func(netip.Addr) (bool, error) { return true, nil }, nil)
 	dst := echoPeer(t)
 
 	taken, err := net.Listen("tcp4", "127.0.0.4:0")
@@ -151,23 +186,21 @@ func TestUpstreamFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	ci := &connInfo{src: taken.Addr().(*net.TCPAddr).AddrPort(), dst: dst}
-	_, err = get(t, p, ci)
-	var ue *upstreamError
-	if !errors.As(err, &ue) || ue.stage != stageBind || upstreamStatus(err) != http.StatusBadGateway {
-		t.Errorf("client address held by a listener: %v, want a bind failure (502)", err)
+	if code, body, err := get(t, through(t, p, taken.Addr().(*net.TCPAddr).AddrPort(), dst)); err != nil || code != http.StatusBadGateway {
+		t.Errorf("client address held by a listener: %d %q %v, want 502", code, body, err)
 	}
 
 	closed := freeAddr(t, "127.0.0.1")
-	ci = &connInfo{src: freeAddr(t, "127.0.0.2"), dst: closed}
-	if _, err = get(t, p, ci); upstreamStatus(err) != http.StatusServiceUnavailable {
-		t.Errorf("server refusing: %v, want a connect failure (503)", err)
+	c := through(t, p, freeAddr(t, "127.0.0.2"), closed)
+	for i := 0; i < 2; i++ {
+		if code, body, err := get(t, c); err != nil || code != http.StatusServiceUnavailable || body != "upstream connect error\r\n" {
+			t.Errorf("server refusing, request %d: %d %q %v, want 503 upstream connect error", i, code, body, err)
+		}
 	}
 
-	routeless := newTestProxy(t, func(a netip.Addr) (bool, error) { return false, fmt.Errorf("no route to %s", a) })
-	ci = &connInfo{src: freeAddr(t, "127.0.0.2"), dst: dst}
-	if _, err = get(t, routeless, ci); !errors.As(err, &ue) || ue.stage != stageRoute || upstreamStatus(err) != http.StatusBadGateway {
-		t.Errorf("no route: %v, want 502", err)
+	routeless := newTestProxy(t, func(a netip.Addr) (bool, error) { return false, fmt.Errorf("no route to %s", a) }, nil)
+	if code, body, err := get(t, through(t, routeless, freeAddr(t, "127.0.0.2"), dst)); err != nil || code != http.StatusBadGateway {
+		t.Errorf("no route: %d %q %v, want 502", code, body, err)
 	}
 }
 
