@@ -2,6 +2,7 @@ package l7proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -69,10 +70,27 @@ const (
 	routeNode           // elsewhere: from the node's address
 )
 
+// deadline is a connection's read deadline, moved only when it would
+// move later by a second or more, or earlier: timeouts of seconds need no
+// finer steps, and each move is a timer update.
+type deadline struct {
+	nc net.Conn
+	at time.Time
+}
+
+func (d *deadline) set(t time.Time) {
+	if t.IsZero() == d.at.IsZero() && !t.Before(d.at) && t.Sub(d.at) < time.Second {
+		return
+	}
+	_ = d.nc.SetReadDeadline(t)
+	d.at = t
+}
+
 // conn is one client connection.
 type conn struct {
 	p     *Proxy
 	nc    net.Conn
+	dl    deadline
 	info  connInfo
 	route route
 	br    *bufio.Reader // held for the connection's life
@@ -95,6 +113,7 @@ type conn struct {
 // upConn is a client connection's connection to the server.
 type upConn struct {
 	nc   net.Conn
+	dl   deadline
 	br   *bufio.Reader // lent per request
 	bw   *bufio.Writer // lent per request with a body
 	head []byte
@@ -103,7 +122,7 @@ type upConn struct {
 }
 
 func (p *Proxy) serveConn(nc net.Conn, info connInfo) {
-	c := &conn{p: p, nc: nc, info: info, body: make(chan error, 1)}
+	c := &conn{p: p, nc: nc, dl: deadline{nc: nc}, info: info, body: make(chan error, 1)}
 	c.br = clientReaders.Get().(*bufio.Reader)
 	c.br.Reset(nc)
 	p.mu.Lock()
@@ -218,7 +237,7 @@ func (c *conn) awaitRequest() bool {
 	if c.p.closing.Load() {
 		return false
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.p.cfg.IdleTimeout))
+	c.dl.set(time.Now().Add(c.p.cfg.IdleTimeout))
 	_, err := c.br.Peek(1)
 	return err == nil
 }
@@ -230,8 +249,11 @@ func (c *conn) serveRequest() bool {
 	}
 	p := c.p
 	// From the first byte, the whole head within HeaderTimeout: a client
-	// trickling its head (slowloris) is cut off.
-	_ = c.nc.SetReadDeadline(time.Now().Add(p.cfg.HeaderTimeout))
+	// trickling its head (slowloris) is cut off. A head that came whole
+	// needs no deadline.
+	if b, _ := c.br.Peek(c.br.Buffered()); bytes.Index(b, []byte("\r\n\r\n")) < 0 {
+		c.dl.set(time.Now().Add(p.cfg.HeaderTimeout))
+	}
 	c.acquireBuffers()
 	head, err := readHead(c.br, c.head[:0], p.cfg.MaxHeaderBytes)
 	c.head = head
@@ -313,7 +335,7 @@ func (c *conn) linger() {
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	c.dl.set(time.Now().Add(lingerTimeout))
 	_, _ = io.CopyN(io.Discard, c.br, 4<<20)
 }
 
@@ -338,7 +360,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 	if r.hasBody() {
 		c.startBody(up)
 	} else {
-		_ = up.nc.SetReadDeadline(time.Now().Add(responseHeadTimeout))
+		up.dl.set(time.Now().Add(responseHeadTimeout))
 		_, err = up.nc.Write(r.raw)
 	}
 	for {
@@ -366,7 +388,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 				return c.fail(ev, err, !r.framing.close)
 			}
 			retryable = false
-			_ = up.nc.SetReadDeadline(time.Now().Add(responseHeadTimeout))
+			up.dl.set(time.Now().Add(responseHeadTimeout))
 			_, err = up.nc.Write(r.raw)
 			continue
 		}
@@ -388,10 +410,16 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		return c.fail(ev, err, !r.hasBody() && !r.framing.close)
 	}
 	up.used = true
-	c.mu.Lock()
-	c.gotHead = true
-	_ = up.nc.SetReadDeadline(time.Time{})
-	c.mu.Unlock()
+	if c.copying {
+		// The copier may be arming the timeout: one or the other.
+		c.mu.Lock()
+		c.gotHead = true
+		_ = up.nc.SetReadDeadline(time.Time{})
+		up.dl.at = time.Time{}
+		c.mu.Unlock()
+	} else if c.moreToRead(up) {
+		up.dl.set(time.Time{})
+	}
 	code := c.resp.code
 	c.respond(ev, code)
 
@@ -444,6 +472,19 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		return false
 	}
 	return !r.framing.close
+}
+
+// moreToRead says whether the response's body is still to come, beyond
+// what is buffered: its reads must not meet the head timeout.
+func (c *conn) moreToRead(up *upConn) bool {
+	f := c.resp.framing
+	switch {
+	case c.req.view.Method == http.MethodHead || c.resp.code == http.StatusNoContent || c.resp.code == http.StatusNotModified:
+		return false
+	case f.chunked, f.te, f.length < 0, c.resp.code == http.StatusSwitchingProtocols:
+		return true
+	}
+	return int64(up.br.Buffered()) < f.length
 }
 
 // abort ends a forwarded request that failed after its head went out.
@@ -519,7 +560,7 @@ func (c *conn) upstream(check bool) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	up := &upConn{nc: nc}
+	up := &upConn{nc: nc, dl: deadline{nc: nc}}
 	c.mu.Lock()
 	c.up = up
 	c.mu.Unlock()
@@ -589,8 +630,8 @@ func (c *conn) startBody(up *upConn) {
 	c.copying = true
 	// The body has no deadline of its own, as with net/http; the head
 	// timeout clears.
-	_ = c.nc.SetReadDeadline(time.Time{})
-	_ = up.nc.SetReadDeadline(time.Time{})
+	c.dl.set(time.Time{})
+	up.dl.set(time.Time{})
 	r, w := c.br, up.bw
 	go func() {
 		_, err := w.Write(c.req.raw)
@@ -638,7 +679,7 @@ func (c *conn) stopBody() error {
 		return err
 	case <-time.After(bodyGrace):
 	}
-	_ = c.nc.SetReadDeadline(time.Now())
+	c.dl.set(time.Now())
 	if up := c.up; up != nil {
 		_ = up.nc.Close()
 	}
@@ -664,8 +705,8 @@ func (c *conn) awaitBody() bool {
 // until both sides are done; a side's end is passed on as a half-close,
 // a failure ends both.
 func (c *conn) tunnel(up *upConn) {
-	_ = c.nc.SetReadDeadline(time.Time{})
-	_ = up.nc.SetReadDeadline(time.Time{})
+	c.dl.set(time.Time{})
+	up.dl.set(time.Time{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

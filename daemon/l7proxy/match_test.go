@@ -44,6 +44,15 @@ func TestRuleMatches(t *testing.T) {
 		{cnp.HTTPRule{HeaderMatches: []cnp.HeaderMatch{{Name: "x-env", Value: "prod"}}}, req("GET", "/", "x", map[string]string{"X-Env": "prod"}), true},
 		{cnp.HTTPRule{HeaderMatches: []cnp.HeaderMatch{{Name: "x-env", Value: "prod"}}}, req("GET", "/", "x", map[string]string{"X-Env": "qa"}), false},
 		{cnp.HTTPRule{}, req("DELETE", "/anything", "x", nil), true},
+		// The path is matched decoded, as net/http's URL.Path.
+		{cnp.HTTPRule{Path: "/a/b"}, req("GET", "/a%2Fb", "x", nil), true},
+		// Names match whatever their case; Host is the host, not a field.
+		{cnp.HTTPRule{Headers: []string{"x-token"}}, req("GET", "/", "x", map[string]string{"X-TOKEN": "a"}), true},
+		{cnp.HTTPRule{Headers: []string{"Host"}}, req("GET", "/", "x", nil), false},
+		{cnp.HTTPRule{Headers: []string{"X-Env: prod"}}, &Request{Method: "GET", Path: "/", Header: []Field{
+			{Name: []byte("X-Env"), Value: []byte("dev")}, {Name: []byte("x-env"), Value: []byte("prod")}}}, true},
+		// A rule's non-ASCII name folds to no token.
+		{cnp.HTTPRule{Headers: []string{"\u212aey"}}, req("GET", "/", "x", map[string]string{"Key": "a"}), false},
 	}
 	for _, c := range cases {
 		r, err := Compile(c.rule)
