@@ -40,8 +40,8 @@ type Config struct {
 	// UpstreamTimeout bounds a query's trip to its server; past it the
 	// pod gets SERVFAIL.
 	UpstreamTimeout time.Duration
-	// MaxInFlight bounds the UDP queries handled at once (the number of
-	// workers on the UDP socket).
+	// MaxInFlight bounds the UDP queries waiting for one server at once;
+	// past it, queries get SERVFAIL at once rather than queueing.
 	MaxInFlight int
 }
 
@@ -60,7 +60,6 @@ type Proxy struct {
 	emit    func(observe.DNSEvent)
 	rules   atomic.Pointer[rules]
 	replies replySockets
-	ups     upstreams
 	udp     *net.UDPConn
 	tcp     net.Listener
 	stats   Stats
@@ -83,7 +82,7 @@ func newProxy(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSE
 		cfg.UpstreamTimeout = 2 * time.Second
 	}
 	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = 128
+		cfg.MaxInFlight = 4096
 	}
 	if emit == nil {
 		emit = func(observe.DNSEvent) {}
@@ -157,7 +156,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.udp.Close()
 		p.tcp.Close()
 		p.replies.close()
-		p.ups.close()
 	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -170,58 +168,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	return nil
 }
 
-// serveUDP runs a fixed set of workers on the UDP socket, each reading,
-// deciding and answering one query at a time: no goroutine per query, and
-// at most MaxInFlight queries in the proxy (the rest wait in the socket's
-// buffer; a flood overflows it, and the pods' resolvers retry).
+// serveUDP serves the UDP socket until it is closed (udp.go).
 func (p *Proxy) serveUDP(ctx context.Context) {
-	var wg sync.WaitGroup
-	for range p.cfg.MaxInFlight {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.udpWorker(ctx)
-		}()
-	}
-	wg.Wait()
-}
-
-func (p *Proxy) udpWorker(ctx context.Context) {
-	buf := make([]byte, 65535)
-	oob := make([]byte, 512)
-	// The reply sockets this worker used, so that replying takes no lock.
-	socks := map[netip.AddrPort]*net.UDPConn{}
-	for {
-		n, oobn, _, src, err := p.udp.ReadMsgUDPAddrPort(buf, oob)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			p.log.Warn("dns proxy: read", "err", err)
-			continue
-		}
-		dst, ok := origDst(oob[:oobn])
-		if !ok {
-			p.stats.Malformed.Add(1)
-			continue
-		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		resp := p.handle(buf[:n], src, dst, policy.ProtoUDP)
-		if resp == nil {
-			continue
-		}
-		sock := socks[dst]
-		if sock == nil {
-			if sock, err = p.replies.get(dst); err != nil {
-				p.log.Warn("dns proxy: reply", "err", err)
-				continue
-			}
-			socks[dst] = sock
-		}
-		if _, err := sock.WriteToUDPAddrPort(resp, src); err != nil {
-			p.log.Warn("dns proxy: reply", "to", src, "err", err)
-		}
-	}
+	newUDPServer(p, p.udp).run(ctx)
 }
 
 func (p *Proxy) serveTCP(ctx context.Context) {
@@ -309,23 +258,44 @@ func formErr(query []byte) []byte {
 }
 
 // handle decides one query and returns the answer for the pod, or nil for
-// none.
+// none: decide, then the server's trip, then finish.
 func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byte {
+	reply, pq := p.decide(query, src, dst, proto, p.dp)
+	if pq == nil {
+		return reply
+	}
+	raw, err := p.upstream(query, dst, proto)
+	return p.finish(pq, raw, err)
+}
+
+// pendingQuery is an allowed query on its way to its server: what finish
+// needs to judge the answer.
+type pendingQuery struct {
+	ev    dnsEvent
+	rs    *rules
+	start time.Time
+}
+
+// decide judges one query. A query the pod gets no server's answer to
+// (refused, malformed) comes back as reply (nil: no answer at all); an
+// allowed one as pq, to be forwarded to dst as it came. ids gives the
+// identities of addresses.
+func (p *Proxy) decide(query []byte, src, dst netip.AddrPort, proto uint8, ids Datapath) (reply []byte, pq *pendingQuery) {
 	p.stats.Queries.Add(1)
 	start := time.Now()
 	var q dns.Msg
 	if err := q.Unpack(query); err != nil {
 		p.stats.Malformed.Add(1)
-		return formErr(query)
+		return formErr(query), nil
 	}
-	local := p.dp.LookupIPCache(src.Addr())
-	remote := p.dp.LookupIPCache(dst.Addr())
+	local := ids.LookupIPCache(src.Addr())
+	remote := ids.LookupIPCache(dst.Addr())
 	ev := dnsEvent{src: src, dst: dst, local: local, remote: remote, proto: proto, q: &q}
 	if q.Response || q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
 		p.stats.Malformed.Add(1)
 		ev.verdict = flow.Verdict_DROPPED
 		p.emitDNS(&ev, start)
-		return errReply(&q, dns.RcodeFormatError)
+		return errReply(&q, dns.RcodeFormatError), nil
 	}
 	rs := p.rules.Load()
 	name := q.Question[0].Name
@@ -347,35 +317,42 @@ func (p *Proxy) handle(query []byte, src, dst netip.AddrPort, proto uint8) []byt
 			ev.cookie = dnsRules[0].Cookie
 		}
 		p.emitDNS(&ev, start)
-		return errReply(&q, p.cfg.RefuseCode)
+		return errReply(&q, p.cfg.RefuseCode), nil
 	}
 	p.stats.Allowed.Add(1)
 	// An allowed query is reported once, with its answer (a RESPONSE flow
 	// carries the query too): the event stream costs as much CPU as the
 	// proxying itself, so it carries no REQUEST twin.
 	ev.verdict, ev.cookie = flow.Verdict_FORWARDED, cookie
+	return nil, &pendingQuery{ev: ev, rs: rs, start: start}
+}
 
-	raw, err := p.upstream(query, dst, proto)
+// finish judges the server's answer raw (or the failure err) to an
+// allowed query: it learns the addresses toFQDNs rules select, before the
+// pod can see them, reports the answer, and returns what the pod gets:
+// raw itself, or SERVFAIL.
+func (p *Proxy) finish(pq *pendingQuery, raw []byte, err error) []byte {
+	ev := &pq.ev
 	var resp dns.Msg
 	if err == nil {
 		err = resp.Unpack(raw)
 	}
 	if err != nil {
 		p.stats.UpstreamErrors.Add(1)
-		p.log.Debug("dns proxy: upstream", "server", dst, "name", name, "err", err)
-		out := errReply(&q, dns.RcodeServerFailure)
+		p.log.Debug("dns proxy: upstream", "server", ev.dst, "name", ev.q.Question[0].Name, "err", err)
+		out := errReply(ev.q, dns.RcodeServerFailure)
 		var fail dns.Msg
-		fail.SetRcode(&q, dns.RcodeServerFailure)
+		fail.SetRcode(ev.q, dns.RcodeServerFailure)
 		ev.resp = &fail
-		p.emitDNS(&ev, start)
+		p.emitDNS(ev, pq.start)
 		return out
 	}
 	ev.resp = &resp
 	ev.names, ev.ips, ev.ttl = chain(&resp)
-	if err := p.learn(rs, local, src.Addr(), &ev); err != nil {
-		p.log.Warn("dns proxy: learn", "name", name, "err", err)
+	if err := p.learn(pq.rs, ev.local, ev.src.Addr(), ev); err != nil {
+		p.log.Warn("dns proxy: learn", "name", ev.q.Question[0].Name, "err", err)
 	}
-	p.emitDNS(&ev, start)
+	p.emitDNS(ev, pq.start)
 	return raw
 }
 
@@ -390,22 +367,40 @@ func (rs *rules) matchesAny(sels []cnp.FQDNSelector, name string) bool {
 }
 
 // exchange forwards the query, as the pod sent it, to the server the pod
-// asked, over the protocol the pod used.
+// asked, over the protocol the pod used, on a connection of its own: the
+// path of TCP queries (UDP ones go through udp.go's batches).
 func (p *Proxy) exchange(query []byte, server netip.AddrPort, proto uint8) ([]byte, error) {
-	if proto == policy.ProtoTCP {
-		deadline := time.Now().Add(p.cfg.UpstreamTimeout)
-		c, err := net.DialTimeout("tcp4", server.String(), p.cfg.UpstreamTimeout)
-		if err != nil {
-			return nil, err
-		}
-		defer c.Close()
-		c.SetDeadline(deadline)
-		if err := writeTCPMsg(c, query); err != nil {
-			return nil, err
-		}
-		return readTCPMsg(c)
+	network := "tcp4"
+	if proto == policy.ProtoUDP {
+		network = "udp4"
 	}
-	return p.ups.exchange(server, query, p.cfg.UpstreamTimeout)
+	deadline := time.Now().Add(p.cfg.UpstreamTimeout)
+	c, err := net.DialTimeout(network, server.String(), p.cfg.UpstreamTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	if proto == policy.ProtoUDP {
+		if _, err := c.Write(query); err != nil {
+			return nil, err
+		}
+		buf := make([]byte, answerBuf)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return nil, err
+			}
+			// Only the answer to this query: same ID.
+			if n >= 12 && len(query) >= 2 && buf[0] == query[0] && buf[1] == query[1] {
+				return buf[:n], nil
+			}
+		}
+	}
+	if err := writeTCPMsg(c, query); err != nil {
+		return nil, err
+	}
+	return readTCPMsg(c)
 }
 
 // learn writes the addresses of names the local identity's toFQDNs rules
