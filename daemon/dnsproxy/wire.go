@@ -24,7 +24,8 @@ const (
 	eventsContentType = "application/vnd.aegis.l7-events"
 
 	frameDNS  = 'd' // a DNS event, as appendDNSEvent writes it
-	frameJSON = 'j' // any other L7 event (HTTP), as JSON
+	frameHTTP = 'h' // an HTTP event, as appendHTTPEvent writes it
+	frameJSON = 'j' // any other L7 event, as JSON (read still: older proxies sent HTTP so)
 
 	maxFrame = 1 << 20
 )
@@ -33,21 +34,11 @@ var errShortFrame = errors.New("event frame too short")
 
 // appendFrame appends ev as one frame.
 func appendFrame(b []byte, ev *observe.L7Event) ([]byte, error) {
-	if ev.DNS != nil && ev.HTTP == nil {
-		// Encode in place after room for the longest length prefix, then
-		// close the gap: the length is known only once the payload is.
-		start := len(b)
-		b = append(b, frameDNS, 0, 0, 0)
-		b = appendDNSEvent(b, ev.DNS)
-		n := len(b) - start - 4
-		if n > maxFrame {
-			return b[:start], fmt.Errorf("dns event of %d bytes: over %d", n, maxFrame)
-		}
-		var l [binary.MaxVarintLen32]byte
-		ln := binary.PutUvarint(l[:], uint64(n))
-		copy(b[start+1:], l[:ln])
-		copy(b[start+1+ln:], b[start+4:])
-		return b[:start+1+ln+n], nil
+	switch {
+	case ev.DNS != nil && ev.HTTP == nil:
+		return appendBinaryFrame(b, frameDNS, func(b []byte) []byte { return appendDNSEvent(b, ev.DNS) })
+	case ev.HTTP != nil && ev.DNS == nil:
+		return appendBinaryFrame(b, frameHTTP, func(b []byte) []byte { return appendHTTPEvent(b, ev.HTTP) })
 	}
 	j, err := json.Marshal(ev)
 	if err != nil {
@@ -56,6 +47,24 @@ func appendFrame(b []byte, ev *observe.L7Event) ([]byte, error) {
 	b = append(b, frameJSON)
 	b = binary.AppendUvarint(b, uint64(len(j)))
 	return append(b, j...), nil
+}
+
+// appendBinaryFrame encodes a frame's payload in place after room for the
+// longest length prefix, then closes the gap: the length is known only
+// once the payload is.
+func appendBinaryFrame(b []byte, kind byte, payload func([]byte) []byte) ([]byte, error) {
+	start := len(b)
+	b = append(b, kind, 0, 0, 0)
+	b = payload(b)
+	n := len(b) - start - 4
+	if n > maxFrame {
+		return b[:start], fmt.Errorf("%c event of %d bytes: over %d", kind, n, maxFrame)
+	}
+	var l [binary.MaxVarintLen32]byte
+	ln := binary.PutUvarint(l[:], uint64(n))
+	copy(b[start+1:], l[:ln])
+	copy(b[start+1+ln:], b[start+4:])
+	return b[:start+1+ln+n], nil
 }
 
 // readFrame reads one frame from r into buf (reused) and decodes it.
@@ -86,6 +95,12 @@ func readFrame(r *bufio.Reader, buf []byte) (observe.L7Event, []byte, error) {
 			return ev, buf, err
 		}
 		ev.DNS = &d
+	case frameHTTP:
+		var h observe.HTTPEvent
+		if err := decodeHTTPEvent(buf, &h); err != nil {
+			return ev, buf, err
+		}
+		ev.HTTP = &h
 	case frameJSON:
 		if err := json.Unmarshal(buf, &ev); err != nil {
 			return ev, buf, fmt.Errorf("decode l7 event: %w", err)
@@ -285,6 +300,70 @@ func decodeDNSEvent(b []byte, ev *observe.DNSEvent) error {
 	}
 	if len(d.b) != 0 {
 		return fmt.Errorf("decode dns event: %d bytes left over", len(d.b))
+	}
+	return nil
+}
+
+func appendHTTPEvent(b []byte, ev *observe.HTTPEvent) []byte {
+	b = binary.AppendVarint(b, ev.Time.UnixNano())
+	b = appendAddrPort(b, ev.Src)
+	b = appendAddrPort(b, ev.Dst)
+	b = binary.AppendUvarint(b, uint64(ev.SrcIdentity))
+	b = binary.AppendUvarint(b, uint64(ev.DstIdentity))
+	b = binary.AppendVarint(b, int64(ev.Verdict))
+	b = binary.AppendVarint(b, int64(ev.Direction))
+	b = binary.AppendUvarint(b, uint64(ev.Cookie))
+	resp := byte(0)
+	if ev.Response {
+		resp = 1
+	}
+	b = append(b, resp)
+	b = appendString(b, ev.Method)
+	b = appendString(b, ev.URL)
+	b = appendString(b, ev.Protocol)
+	b = binary.AppendUvarint(b, uint64(ev.Code))
+	return binary.AppendVarint(b, int64(ev.Latency))
+}
+
+// httpWords are the methods and protocols nearly every request has:
+// decoded to shared strings, they cost aegisd no allocation.
+var httpWords = map[string]string{}
+
+func init() {
+	for _, w := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "HTTP/1.0", "HTTP/1.1", "HTTP/2.0"} {
+		httpWords[w] = w
+	}
+}
+
+func (d *decoder) word() string {
+	b := d.bytes(d.uvarint())
+	if w, ok := httpWords[string(b)]; ok {
+		return w
+	}
+	return string(b)
+}
+
+func decodeHTTPEvent(b []byte, ev *observe.HTTPEvent) error {
+	d := decoder{b: b}
+	ev.Time = time.Unix(0, d.varint())
+	ev.Src = d.addrPort()
+	ev.Dst = d.addrPort()
+	ev.SrcIdentity = d.uint32()
+	ev.DstIdentity = d.uint32()
+	ev.Verdict = flow.Verdict(d.varint())
+	ev.Direction = flow.TrafficDirection(d.varint())
+	ev.Cookie = d.uint32()
+	ev.Response = d.byte1() == 1
+	ev.Method = d.word()
+	ev.URL = d.str()
+	ev.Protocol = d.word()
+	ev.Code = d.uint32()
+	ev.Latency = time.Duration(d.varint())
+	if d.err != nil {
+		return fmt.Errorf("decode http event: %w", d.err)
+	}
+	if len(d.b) != 0 {
+		return fmt.Errorf("decode http event: %d bytes left over", len(d.b))
 	}
 	return nil
 }

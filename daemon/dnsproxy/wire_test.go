@@ -22,8 +22,11 @@ func TestEventFramesRoundTrip(t *testing.T) {
 		CNAMEs: []string{"edge.example.net."}, Rrtypes: []string{"CNAME", "A", "TYPE65280"}, Latency: 1234 * time.Microsecond,
 	}
 	v6 := observe.DNSEvent{Time: time.Unix(0, 1), Src: netip.MustParseAddrPort("[fd00::3]:5353"), Verdict: flow.Verdict_DROPPED, Query: "x."}
-	http := observe.HTTPEvent{Method: "GET", URL: "http://a/b", Code: 403}
-	in := []observe.L7Event{{DNS: &dnsEv}, {HTTP: &http}, {DNS: &v6}}
+	http := observe.HTTPEvent{Time: time.Unix(1, 0), Method: "GET", URL: "http://a/b", Code: 403}
+	httpFull := observe.HTTPEvent{Time: time.Unix(1700000000, 5), Src: podAddr, Dst: serverAddr, SrcIdentity: podID, DstIdentity: serverID,
+		Verdict: flow.Verdict_FORWARDED, Direction: flow.TrafficDirection_INGRESS, Cookie: 12, Response: true, Method: "PROPFIND",
+		URL: "http://api.example.test:8080/v1/x?y=1", Protocol: "HTTP/1.1", Code: 207, Latency: 3 * time.Millisecond}
+	in := []observe.L7Event{{DNS: &dnsEv}, {HTTP: &http}, {DNS: &v6}, {HTTP: &httpFull}}
 	var stream []byte
 	for i := range in {
 		var err error
@@ -48,8 +51,15 @@ func TestEventFramesRoundTrip(t *testing.T) {
 			if !reflect.DeepEqual(g, w) {
 				t.Errorf("frame %d:\n got %+v\nwant %+v", i, g, w)
 			}
-		} else if got.HTTP == nil || got.HTTP.Method != "GET" || got.HTTP.Code != 403 {
-			t.Errorf("frame %d: %+v", i, got.HTTP)
+		} else {
+			if got.HTTP == nil || !got.HTTP.Time.Equal(want.HTTP.Time) {
+				t.Fatalf("frame %d: %+v, want %+v", i, got.HTTP, want.HTTP)
+			}
+			g, w := *got.HTTP, *want.HTTP
+			g.Time, w.Time = time.Time{}, time.Time{}
+			if !reflect.DeepEqual(g, w) {
+				t.Errorf("frame %d:\n got %+v\nwant %+v", i, g, w)
+			}
 		}
 	}
 	if _, _, err := readFrame(r, buf); err == nil {
@@ -63,10 +73,23 @@ func TestEventFramesRoundTrip(t *testing.T) {
 			t.Fatalf("frame cut at %d of %d bytes decoded", n, len(one))
 		}
 	}
+	// The same for an HTTP frame.
+	one, _ = appendFrame(nil, &in[3])
+	for n := 1; n < len(one); n++ {
+		if _, _, err := readFrame(bufio.NewReader(bytes.NewReader(one[:n])), nil); err == nil {
+			t.Fatalf("http frame cut at %d of %d bytes decoded", n, len(one))
+		}
+	}
+	one, _ = appendFrame(nil, &in[0])
 	// A payload cut short inside an intact frame.
 	var d observe.DNSEvent
 	if err := decodeDNSEvent(one[2:len(one)-3], &d); err == nil {
 		t.Error("a short payload decoded")
+	}
+	// An older proxy's JSON frame of an HTTP event still reads.
+	old := `{"http":{"Method":"GET","URL":"http://a/","Code":200}}`
+	if got, _, err := readFrame(bufio.NewReader(strings.NewReader("j"+string(rune(len(old)))+old)), nil); err != nil || got.HTTP == nil || got.HTTP.Code != 200 {
+		t.Errorf("json frame: %+v, %v", got.HTTP, err)
 	}
 	if _, _, err := readFrame(bufio.NewReader(strings.NewReader("x\x01a")), nil); err == nil || !strings.Contains(err.Error(), "unknown") {
 		t.Errorf("unknown frame kind: %v", err)
@@ -100,4 +123,38 @@ func TestEventsBacklogBounded(t *testing.T) {
 	if e.lost.Load() != 2 {
 		t.Error("an emptied backlog still loses events")
 	}
+}
+
+// FuzzReadFrame feeds aegisd's reader of the proxy's event stream
+// arbitrary bytes: it errs or decodes, never panics, and what it decodes
+// encodes back to a frame that decodes the same.
+func FuzzReadFrame(f *testing.F) {
+	dnsEv := observe.DNSEvent{Time: time.Unix(5, 0), Src: podAddr, Query: "a.", IPs: []string{"192.0.2.1"}}
+	httpEv := observe.HTTPEvent{Time: time.Unix(6, 0), Dst: serverAddr, Method: "GET", URL: "http://x/", Code: 200}
+	for _, ev := range []observe.L7Event{{DNS: &dnsEv}, {HTTP: &httpEv}} {
+		b, err := appendFrame(nil, &ev)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("j\x02{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bufio.NewReader(bytes.NewReader(data))
+		ev, _, err := readFrame(r, nil)
+		if err != nil || (ev.DNS == nil && ev.HTTP == nil) || (ev.DNS != nil && ev.HTTP != nil) {
+			return
+		}
+		again, err := appendFrame(nil, &ev)
+		if err != nil {
+			return // over the frame bound, say
+		}
+		ev2, _, err := readFrame(bufio.NewReader(bytes.NewReader(again)), nil)
+		if err != nil {
+			t.Fatalf("re-encoded frame does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(ev, ev2) {
+			t.Fatalf("round trip changed the event:\n%+v\n%+v", ev, ev2)
+		}
+	})
 }
