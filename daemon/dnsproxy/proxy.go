@@ -327,11 +327,19 @@ func (p *Proxy) decide(query []byte, src, dst netip.AddrPort, proto uint8, ids D
 	return nil, &pendingQuery{ev: ev, rs: rs, start: start}
 }
 
-// finish judges the server's answer raw (or the failure err) to an
-// allowed query: it learns the addresses toFQDNs rules select, before the
-// pod can see them, reports the answer, and returns what the pod gets:
-// raw itself, or SERVFAIL.
+// finish judges the server's answer and reports it.
 func (p *Proxy) finish(pq *pendingQuery, raw []byte, err error) []byte {
+	out := p.judge(pq, raw, err)
+	p.emitDNS(&pq.ev, pq.start)
+	return out
+}
+
+// judge judges the server's answer raw (or the failure err) to an allowed
+// query: it learns the addresses toFQDNs rules select, before the pod can
+// see them, and returns what the pod gets: raw itself, or SERVFAIL. The
+// caller reports the answer (emitDNS), after sending it if it likes: the
+// report need not delay the pod.
+func (p *Proxy) judge(pq *pendingQuery, raw []byte, err error) []byte {
 	ev := &pq.ev
 	var resp dns.Msg
 	if err == nil {
@@ -344,7 +352,6 @@ func (p *Proxy) finish(pq *pendingQuery, raw []byte, err error) []byte {
 		var fail dns.Msg
 		fail.SetRcode(ev.q, dns.RcodeServerFailure)
 		ev.resp = &fail
-		p.emitDNS(ev, pq.start)
 		return out
 	}
 	ev.resp = &resp
@@ -352,7 +359,6 @@ func (p *Proxy) finish(pq *pendingQuery, raw []byte, err error) []byte {
 	if err := p.learn(pq.rs, ev.local, ev.src.Addr(), ev); err != nil {
 		p.log.Warn("dns proxy: learn", "name", ev.q.Question[0].Name, "err", err)
 	}
-	p.emitDNS(ev, pq.start)
 	return raw
 }
 

@@ -167,7 +167,7 @@ func (u *udpServer) readQueries(ctx context.Context) {
 				wire, err = s.register(pq, query)
 			}
 			if err != nil {
-				out.add(dst, src, u.p.finish(pq, nil, err))
+				out.answer(pq, u.p.judge(pq, nil, err))
 				continue
 			}
 			toServers[s] = append(toServers[s], ipv4.Message{Buffers: [][]byte{wire}})
@@ -329,12 +329,12 @@ func (s *serverSock) readAnswers() {
 				continue
 			}
 			if m.Flags&syscall.MSG_TRUNC != 0 {
-				out.add(f.pq.ev.dst, f.pq.ev.src, s.u.p.finish(f.pq, nil, errors.New("answer over 64 KiB")))
+				out.answer(f.pq, s.u.p.judge(f.pq, nil, errors.New("answer over 64 KiB")))
 				continue
 			}
 			binary.BigEndian.PutUint16(raw, f.podID)
 			// raw stays valid until the next read: out is flushed first.
-			out.add(f.pq.ev.dst, f.pq.ev.src, s.u.p.finish(f.pq, raw, nil))
+			out.answer(f.pq, s.u.p.judge(f.pq, raw, nil))
 		}
 		out.flush(s.u)
 	}
@@ -403,7 +403,7 @@ func (s *serverSock) failAll(err error) {
 	s.mu.Unlock()
 	var out replies
 	for _, f := range failed {
-		out.add(f.pq.ev.dst, f.pq.ev.src, s.u.p.finish(f.pq, nil, err))
+		out.answer(f.pq, s.u.p.judge(f.pq, nil, err))
 	}
 	out.flush(s.u)
 }
@@ -449,7 +449,7 @@ func (u *udpServer) sweep(ctx context.Context) {
 			var out replies
 			for _, s := range socks {
 				for _, f := range s.expire(now) {
-					out.add(f.pq.ev.dst, f.pq.ev.src, u.p.finish(f.pq, nil, errTimeout))
+					out.answer(f.pq, u.p.judge(f.pq, nil, errTimeout))
 				}
 			}
 			out.flush(u)
@@ -458,9 +458,17 @@ func (u *udpServer) sweep(ctx context.Context) {
 }
 
 // replies collects answers to pods by the server address they come from,
-// to send each group in one system call from the socket bound to it.
+// to send each group in one system call from the socket bound to it, and
+// the allowed queries they answer, reported once the answers are out.
 type replies struct {
-	by map[netip.AddrPort][]ipv4.Message
+	by       map[netip.AddrPort][]ipv4.Message
+	answered []*pendingQuery
+}
+
+// answer adds the answer b to the allowed query pq.
+func (r *replies) answer(pq *pendingQuery, b []byte) {
+	r.add(pq.ev.dst, pq.ev.src, b)
+	r.answered = append(r.answered, pq)
 }
 
 func (r *replies) add(from, to netip.AddrPort, b []byte) {
@@ -495,4 +503,9 @@ func (r *replies) flush(u *udpServer) {
 		clear(list)
 		r.by[from] = list[:0]
 	}
+	for i, pq := range r.answered {
+		u.p.emitDNS(&pq.ev, pq.start)
+		r.answered[i] = nil
+	}
+	r.answered = r.answered[:0]
 }
