@@ -162,6 +162,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "aegisd:", err)
 		os.Exit(2)
 	}
+	// A debugging aid for the benchmarks, as AEGIS_PROXY_CPUPROFILE is for
+	// the proxy process: aegisd's CPU profile, written when it ends.
+	if path := os.Getenv("AEGIS_CPUPROFILE"); path != "" {
+		stopProfile, err := startCPUProfile(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "aegisd:", err)
+			os.Exit(1)
+		}
+		defer stopProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o); err != nil {
