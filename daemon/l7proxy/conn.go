@@ -423,7 +423,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 	code := c.resp.code
 	c.respond(ev, code)
 
-	if code == http.StatusSwitchingProtocols || r.connect && code/100 == 2 {
+	if c.tunnels() {
 		if c.stopBody() != nil {
 			return false
 		}
@@ -474,6 +474,19 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 	return !r.framing.close
 }
 
+// tunnels says whether the response makes the connection a tunnel: a
+// 101, or a 2xx to CONNECT that frames no body. RFC 9110 9.3.6 forbids
+// framing fields in that answer; a server that sends them, or a 204 (a
+// handler answering every method alike), goes on reading requests after
+// it, and forwarding those unjudged would let them past the rules.
+func (c *conn) tunnels() bool {
+	code, f := c.resp.code, c.resp.framing
+	if code == http.StatusSwitchingProtocols {
+		return true
+	}
+	return c.req.connect && code/100 == 2 && code != http.StatusNoContent && f.length < 0 && !f.te
+}
+
 // moreToRead says whether the response's body is still to come, beyond
 // what is buffered: its reads must not meet the head timeout.
 func (c *conn) moreToRead(up *upConn) bool {
@@ -481,7 +494,7 @@ func (c *conn) moreToRead(up *upConn) bool {
 	switch {
 	case c.req.view.Method == http.MethodHead || c.resp.code == http.StatusNoContent || c.resp.code == http.StatusNotModified:
 		return false
-	case f.chunked, f.te, f.length < 0, c.resp.code == http.StatusSwitchingProtocols:
+	case f.chunked, f.te, f.length < 0, c.tunnels():
 		return true
 	}
 	return int64(up.br.Buffered()) < f.length

@@ -99,6 +99,18 @@ func framingCases() []framingCase {
 		{name: "the server closed its kept-alive connection: the next request dials again", client: []step{send(get), expect(okResp), {pause: 50 * time.Millisecond}, send(post), expect(okResp)},
 			server: []step{expect(get), send(okResp), {hangUp: true}, {accept: true}, expect(post), send(okResp)}},
 
+		// Tunnels. A server that answers CONNECT as any request (a framed
+		// 2xx) goes on reading requests: so does the proxy, judging them.
+		{name: "CONNECT answered with a framed 2xx: no tunnel", client: []step{
+			send("CONNECT /a HTTP/1.1\r\nHost: x\r\n\r\n"), expect(okResp), send("GET /403 HTTP/1.1\r\nHost: x\r\n\r\n"), status(403), send(get), expect(okResp)},
+			server: []step{expect("CONNECT /a HTTP/1.1\r\nHost: x\r\n\r\n"), send(okResp), expect(get), send(okResp)}},
+		{name: "CONNECT answered with 204: no tunnel", client: []step{
+			send("CONNECT /a HTTP/1.1\r\nHost: x\r\n\r\n"), expect("HTTP/1.1 204 No Content\r\n\r\n"), send("GET /403 HTTP/1.1\r\nHost: x\r\n\r\n"), status(403)},
+			server: []step{expect("CONNECT /a HTTP/1.1\r\nHost: x\r\n\r\n"), send("HTTP/1.1 204 No Content\r\n\r\n")}},
+		{name: "CONNECT answered with an unframed 200: a tunnel", client: []step{
+			send("CONNECT /a HTTP/1.0\r\n\r\n"), expect("HTTP/1.0 200 Connected\r\n\r\nhi"), send("raw"), expect("back")},
+			server: []step{expect("CONNECT /a HTTP/1.0\r\n\r\n"), send("HTTP/1.0 200 Connected\r\n\r\nhi"), expect("raw"), send("back")}},
+
 		// Denied.
 		{name: "denied, kept alive", client: []step{send("GET /403 HTTP/1.1\r\nHost: x\r\n\r\n"), status(403), send(get), expect(okResp)},
 			server: []step{expect(get), send(okResp)}},

@@ -226,7 +226,7 @@ type requestHead struct {
 	view           Request
 	framing        framing
 	expectContinue bool
-	connect        bool // CONNECT: a 2xx answer makes the connection a tunnel
+	connect        bool // CONNECT: an unframed 2xx answer makes the connection a tunnel
 }
 
 // hasBody reports whether a body follows the head.
