@@ -352,6 +352,9 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 	// A request that can be sent again skips checking the kept-alive
 	// connection: a closed one shows as an answer-less end, then.
 	retryable := !r.hasBody() && idempotent(r.view.Method)
+	if r.h2c {
+		r.raw, r.upgrade = withoutUpgrade(r.raw), false
+	}
 	up, err := c.upstream(!retryable)
 	if err != nil {
 		return c.fail(ev, err, !r.hasBody() && !r.framing.close)
@@ -408,6 +411,11 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 			}
 		}
 		return c.fail(ev, err, !r.hasBody() && !r.framing.close)
+	}
+	if c.resp.code == http.StatusSwitchingProtocols && !r.upgrade {
+		// The bytes after it would pass unjudged: a server may switch
+		// only when asked to (RFC 9110 7.8).
+		return c.fail(ev, errors.New("101 Switching Protocols to a request without Upgrade"), false)
 	}
 	up.used = true
 	if c.copying {

@@ -111,6 +111,18 @@ func framingCases() []framingCase {
 			send("CONNECT /a HTTP/1.0\r\n\r\n"), expect("HTTP/1.0 200 Connected\r\n\r\nhi"), send("raw"), expect("back")},
 			server: []step{expect("CONNECT /a HTTP/1.0\r\n\r\n"), send("HTTP/1.0 200 Connected\r\n\r\nhi"), expect("raw"), send("back")}},
 
+		// A 101 is a tunnel only for a request that asked for it; an h2c
+		// upgrade is not passed on, or the server would take requests in
+		// HTTP/2 frames the proxy does not judge (as Envoy drops it).
+		{name: "101 to a request without Upgrade: 502", client: []step{send(get), status(502)}, closed: true,
+			server: []step{expect(get), send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n")}},
+		{name: "h2c upgrade: not passed on", client: []step{
+			send("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"), expect(okResp), send(get), expect(okResp)},
+			server: []step{expect("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"), send(okResp), expect(get), send(okResp)}},
+		{name: "h2c upgrade: a 101 anyway is 502", client: []step{
+			send("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket, H2C\r\n\r\n"), status(502)}, closed: true,
+			server: []step{expect("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n"), send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")}},
+
 		// Denied.
 		{name: "denied, kept alive", client: []step{send("GET /403 HTTP/1.1\r\nHost: x\r\n\r\n"), status(403), send(get), expect(okResp)},
 			server: []step{expect(get), send(okResp)}},

@@ -226,7 +226,10 @@ type requestHead struct {
 	view           Request
 	framing        framing
 	expectContinue bool
-	connect        bool // CONNECT: an unframed 2xx answer makes the connection a tunnel
+	// upgrade: the request asks to switch protocols (Upgrade); h2c: to
+	// HTTP/2 among them, which the proxy does not pass on (withoutUpgrade).
+	upgrade, h2c bool
+	connect      bool // CONNECT: an unframed 2xx answer makes the connection a tunnel
 }
 
 // hasBody reports whether a body follows the head.
@@ -340,6 +343,14 @@ func parseRequestHead(raw []byte, h *requestHead) error {
 			connection(value, &closeOpt, &keepAlive)
 		case asciiEqualFold(name, "expect"):
 			h.expectContinue = asciiEqualFold(value, "100-continue")
+		case asciiEqualFold(name, "upgrade"):
+			h.upgrade = true
+			eachToken(value, func(t []byte) {
+				if i := bytes.IndexByte(t, '/'); i >= 0 {
+					t = t[:i]
+				}
+				h.h2c = h.h2c || asciiEqualFold(trimOWS(t), "h2c")
+			})
 		}
 		h.view.Header = append(h.view.Header, Field{Name: name, Value: value})
 	}
@@ -374,6 +385,29 @@ func parseRequestHead(raw []byte, h *requestHead) error {
 		return badRequest("Host %q is not a host", clip(host))
 	}
 	return h.setURL(host)
+}
+
+// withoutUpgrade returns a copy of the head raw without its Upgrade
+// fields. After an h2c upgrade the server would read requests in HTTP/2
+// frames, which the proxy cannot judge; without the field it answers in
+// HTTP/1.1, as a client asking for h2c accepts (Envoy drops the field
+// too). Connection may still name Upgrade: a field that is not there.
+func withoutUpgrade(raw []byte) []byte {
+	out := make([]byte, 0, len(raw))
+	for first, rest := true, raw; len(rest) > 0; first = false {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line = rest[:i+1]
+		}
+		rest = rest[len(line):]
+		if !first {
+			if colon := bytes.IndexByte(line, ':'); colon >= 0 && asciiEqualFold(line[:colon], "upgrade") {
+				continue
+			}
+		}
+		out = append(out, line...)
+	}
+	return out
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
