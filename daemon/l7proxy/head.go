@@ -384,7 +384,7 @@ func parseRequestHead(raw []byte, h *requestHead) error {
 	if !validHost(host) {
 		return badRequest("Host %q is not a host", clip(host))
 	}
-	return h.setURL(host)
+	return h.setURL(host, hosts > 0)
 }
 
 // withoutUpgrade returns a copy of the head raw without its Upgrade
@@ -428,8 +428,12 @@ func validHost(b []byte) bool {
 
 // setURL sets the flow's URL and the rules' host and path from the target
 // (RFC 9112 3.2): origin form "/path?query", asterisk form, authority form
-// (CONNECT) or absolute form, whose authority is the host.
-func (h *requestHead) setURL(host []byte) error {
+// (CONNECT) or absolute form, whose authority is the host. An absolute
+// form's authority must be the Host field's value, if there is one: the
+// server is to go by the authority (RFC 9112 3.2.2), but servers and
+// applications that go by the field exist, and the proxy forwards both as
+// they came, so the rules must judge the one host both name.
+func (h *requestHead) setURL(host []byte, hasHost bool) error {
 	t := h.target
 	switch {
 	case t[0] == '/' || len(t) == 1 && t[0] == '*':
@@ -466,6 +470,9 @@ func (h *requestHead) setURL(host []byte) error {
 		}
 		if u.Host == "" {
 			return badRequest("request target %q without a host", clip(t))
+		}
+		if hasHost && !asciiEqualFold(host, u.Host) {
+			return badRequest("request target for %q with Host %q", clip([]byte(u.Host)), clip(host))
 		}
 		h.url = "http://" + u.Host + u.RequestURI()
 		h.view.Host, h.view.Path = u.Host, u.Path

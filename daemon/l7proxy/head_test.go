@@ -36,7 +36,10 @@ func TestParseRequestHead(t *testing.T) {
 		{raw: "PUT /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: keep-alive, Close\r\n\r\n", method: "PUT", path: "/u", host: "a", url: "http://a/u", length: -1, chunked: true, closing: true},
 		{raw: "GET / HTTP/1.0\r\n\r\n", method: "GET", path: "/", url: "http:///", length: -1, closing: true},
 		{raw: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", method: "GET", path: "/", url: "http:///", length: -1},
-		{raw: "GET http://b.example/p?q HTTP/1.1\r\nHost: a\r\n\r\n", method: "GET", path: "/p", host: "b.example", url: "http://b.example/p?q", length: -1},
+		{raw: "GET http://b.example/p?q HTTP/1.1\r\nHost: B.example\r\n\r\n", method: "GET", path: "/p", host: "b.example", url: "http://b.example/p?q", length: -1},
+		{raw: "GET http://b.example/p HTTP/1.0\r\n\r\n", method: "GET", path: "/p", host: "b.example", url: "http://b.example/p", length: -1, closing: true},
+		// Dots that are no segment of their own, and dots in the query.
+		{raw: "GET /a/.b/..c/.../d.e?x=../y HTTP/1.1\r\nHost: a\r\n\r\n", method: "GET", path: "/a/.b/..c/.../d.e", host: "a", url: "http://a/a/.b/..c/.../d.e?x=../y", length: -1},
 		{raw: "CONNECT b.example:443 HTTP/1.1\r\n\r\n", method: "CONNECT", host: "b.example:443", url: "http://b.example:443", length: -1},
 		{raw: "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", method: "OPTIONS", path: "*", host: "a", url: "http://a*", length: -1},
 		{raw: "BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", method: "BREW", path: "/pot", host: "a", url: "http://a/pot", length: -1},
@@ -103,6 +106,11 @@ func TestRequestHeadErrors(t *testing.T) {
 		{"GET a HTTP/1.1\r\nHost: a\r\n\r\n", 400},
 		{"GET /%x HTTP/1.1\r\nHost: a\r\n\r\n", 400},
 		{"CONNECT a/b HTTP/1.1\r\n\r\n", 400},
+		// An absolute form names the host the server serves (RFC 9112
+		// 3.2.2), a Host field the one some servers and applications go
+		// by: the rules would judge one and the server serve the other.
+		{"GET http://allowed/ HTTP/1.1\r\nHost: other\r\n\r\n", 400},
+		{"GET http://allowed/ HTTP/1.1\r\nHost: allowed:80\r\n\r\n", 400},
 		{"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
 	} {
 		_, err := parseHead(t, tc.raw)
