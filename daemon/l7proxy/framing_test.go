@@ -142,6 +142,7 @@ func framingCases() []framingCase {
 		{name: "HTTP/2.0", client: []step{send("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), status(505)}, closed: true},
 		{name: "head too large", client: []step{send("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n"), status(431)}, closed: true},
 		{name: "absolute form for another host than Host's", client: []step{send("GET http://a/ HTTP/1.1\r\nHost: x\r\n\r\n"), status(400)}, closed: true},
+		{name: "encoded dot segment", client: []step{send("GET /a/%2e%2e/403 HTTP/1.1\r\nHost: x\r\n\r\n"), status(400)}, closed: true},
 		{name: "bad escape in the path", client: []step{send("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n"), status(400)}, closed: true},
 	}
 }

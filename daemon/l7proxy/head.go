@@ -435,6 +435,11 @@ func validHost(b []byte) bool {
 // they came, so the rules must judge the one host both name.
 func (h *requestHead) setURL(host []byte, hasHost bool) error {
 	t := h.target
+	if bytes.IndexByte(t, '#') >= 0 {
+		// RFC 9112 3.2 has no fragment in a request target; a server
+		// that drops it serves "/admin" of "/admin#.png".
+		return badRequest("fragment in the request target %q", clip(t))
+	}
 	switch {
 	case t[0] == '/' || len(t) == 1 && t[0] == '*':
 		path := t
@@ -457,6 +462,9 @@ func (h *requestHead) setURL(host []byte, hasHost bool) error {
 			}
 			h.view.Path = p
 		}
+		if t[0] == '/' {
+			return checkPath(h.view.Path)
+		}
 	case h.connect:
 		if !validHost(t) {
 			return badRequest("CONNECT to %q, not an authority", clip(t))
@@ -476,6 +484,35 @@ func (h *requestHead) setURL(host []byte, hasHost bool) error {
 		}
 		h.url = "http://" + u.Host + u.RequestURI()
 		h.view.Host, h.view.Path = u.Host, u.Path
+		return checkPath(u.Path)
+	}
+	return nil
+}
+
+// checkPath refuses a (decoded) path a server may read as another path
+// than the one the rules judge, since the proxy forwards it as it came:
+// one with a dot segment, which a server removing them (RFC 3986 5.2.4)
+// resolves, so that "/public/../admin" would pass a rule for "/public/.*"
+// (a backslash separates segments for some servers, and %2F for servers
+// that decode first); one with a control character, which a server in C
+// may end the path at ("/secret%00.txt" under a rule for ".*\.txt").
+// Clients remove dot segments before they send a request.
+func checkPath(p string) error {
+	seg := 0
+	for i := 0; i <= len(p); i++ {
+		if i < len(p) {
+			c := p[i]
+			if isCTL(c) {
+				return badRequest("control character %#x in the decoded path", c)
+			}
+			if c != '/' && c != '\\' {
+				continue
+			}
+		}
+		if s := p[seg:i]; s == "." || s == ".." {
+			return badRequest("dot segment %q in the path %q", s, clip([]byte(p)))
+		}
+		seg = i + 1
 	}
 	return nil
 }

@@ -111,6 +111,26 @@ func TestRequestHeadErrors(t *testing.T) {
 		// by: the rules would judge one and the server serve the other.
 		{"GET http://allowed/ HTTP/1.1\r\nHost: other\r\n\r\n", 400},
 		{"GET http://allowed/ HTTP/1.1\r\nHost: allowed:80\r\n\r\n", 400},
+		// Dot segments: a server that removes them (RFC 3986 5.2.4) serves
+		// another path than the rules judged, "/public/../admin" under a
+		// rule for "/public/.*"; encoded or behind a backslash too.
+		{"GET /public/../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /public/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /public/..%2Fadmin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /public\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /public/..%5cadmin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /a/. HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /a/..?q HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /./a HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET http://a/public/../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		// A fragment has no place in a request (RFC 9112 3.2); a server
+		// that drops it serves "/admin" of "/admin#.png".
+		{"GET /admin#.png HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET http://a/admin#.png HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		// A control character decoded: a server in C ends the path at a
+		// NUL, "/secret%00.txt" under a rule for ".*\\.txt".
+		{"GET /secret%00.txt HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+		{"GET /a%0d%0aX:%20y HTTP/1.1\r\nHost: a\r\n\r\n", 400},
 		{"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
 	} {
 		_, err := parseHead(t, tc.raw)
