@@ -46,6 +46,7 @@ type Metrics struct {
 
 	mu       sync.Mutex
 	l4Series map[l4Key][]prometheus.Counter
+	l7Series map[l7Key]*l7Counters
 
 	// The counters of the observer's entries by their keys, for the
 	// reader's batches (its own lock: an L7 entry in a batch counts
@@ -57,7 +58,7 @@ type Metrics struct {
 // New registers the collectors.
 func New(maps *bpf.Maps, obs *observe.Observer) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry(), maps: maps, observer: obs, l4Series: map[l4Key][]prometheus.Counter{},
-		entrySeries: map[observe.L4Key][]prometheus.Counter{}}
+		l7Series: map[l7Key]*l7Counters{}, entrySeries: map[observe.L4Key][]prometheus.Counter{}}
 	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_flows_processed_total", Help: "Total number of flows processed"},
 		append([]string{"type", "subtype", "verdict"}, contextLabels...))
 	m.drops = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hubble_drop_total", Help: "Number of drops"},
@@ -86,25 +87,20 @@ func ctxValues(f *flow.Flow) []string {
 
 // Count accounts one flow.
 func (m *Metrics) Count(f *flow.Flow) {
-	if d := f.GetL7().GetDns(); d != nil {
-		m.countDNS(f, d, ctxValues(f))
-		return
-	}
-	if h := f.GetL7().GetHttp(); h != nil {
-		c := ctxValues(f)
-		m.flows.WithLabelValues(append([]string{"L7", "http", f.GetVerdict().String()}, c...)...).Inc()
-		// Counted on the response, as Hubble's http handler does, with the
-		// request's direction (client to server) as context.
-		if f.GetL7().GetType() == flow.L7FlowType_RESPONSE {
-			rc := ctxValues(reverse(f))
-			// The reporter is the side whose proxy saw it, as Hubble
-			// labels it: the server for ingress, the client for egress.
-			reporter := "client"
-			if f.GetTrafficDirection() == flow.TrafficDirection_INGRESS {
-				reporter = "server"
-			}
-			m.httpReq.WithLabelValues(append([]string{h.GetMethod(), h.GetProtocol(), fmt.Sprint(h.GetCode()), reporter}, rc...)...).Inc()
-			m.httpDur.WithLabelValues(append([]string{h.GetMethod(), reporter}, rc...)...).Observe(float64(f.GetL7().GetLatencyNs()) / 1e9)
+	if l7 := f.GetL7(); l7.GetDns() != nil || l7.GetHttp() != nil {
+		k := l7KeyOf(f)
+		m.mu.Lock()
+		cs, ok := m.l7Series[k]
+		if !ok {
+			cs = m.l7Counters(f)
+			m.l7Series[k] = cs
+		}
+		m.mu.Unlock()
+		for _, x := range cs.counters {
+			x.Inc()
+		}
+		if cs.duration != nil {
+			cs.duration.Observe(float64(l7.GetLatencyNs()) / 1e9)
 		}
 		return
 	}
@@ -155,6 +151,74 @@ func l4KeyOf(f *flow.Flow) l4Key {
 }
 
 // l4Counters are the counters an L3/L4 flow counts in, with context c.
+// l7Key is everything the series an L7 flow counts in depend on, as l4Key
+// is for L3/L4 flows: the label lists are built and hashed once per key,
+// not per request or query.
+type l7Key struct {
+	srcNS, srcPod, dstNS, dstPod string
+	verdict                      flow.Verdict
+	typ                          flow.L7FlowType
+	dir                          flow.TrafficDirection
+	dns                          bool
+	// HTTP
+	method, protocol string
+	code             uint32
+	// DNS
+	qtypes, rrtypes string
+	rcode           uint32
+	ips             int
+}
+
+func l7KeyOf(f *flow.Flow) l7Key {
+	l7 := f.GetL7()
+	k := l7Key{srcNS: f.GetSource().GetNamespace(), srcPod: f.GetSource().GetPodName(),
+		dstNS: f.GetDestination().GetNamespace(), dstPod: f.GetDestination().GetPodName(),
+		verdict: f.GetVerdict(), typ: l7.GetType(), dir: f.GetTrafficDirection()}
+	if d := l7.GetDns(); d != nil {
+		k.dns = true
+		k.qtypes = strings.Join(d.GetQtypes(), ",")
+		k.rrtypes = strings.Join(d.GetRrtypes(), ",")
+		k.rcode, k.ips = d.GetRcode(), len(d.GetIps())
+	} else if h := l7.GetHttp(); h != nil {
+		k.method, k.protocol, k.code = h.GetMethod(), h.GetProtocol(), h.GetCode()
+	}
+	return k
+}
+
+// l7Counters are the series one L7 flow counts in.
+type l7Counters struct {
+	counters []prometheus.Counter
+	duration prometheus.Observer
+}
+
+func (m *Metrics) l7Counters(f *flow.Flow) *l7Counters {
+	c := ctxValues(f)
+	cs := &l7Counters{}
+	if d := f.GetL7().GetDns(); d != nil {
+		cs.counters = m.dnsCounters(f, d, c)
+		return cs
+	}
+	h := f.GetL7().GetHttp()
+	if h == nil {
+		return cs
+	}
+	cs.counters = append(cs.counters, m.flows.WithLabelValues(append([]string{"L7", "http", f.GetVerdict().String()}, c...)...))
+	// Counted on the response, as Hubble's http handler does, with the
+	// request's direction (client to server) as context.
+	if f.GetL7().GetType() == flow.L7FlowType_RESPONSE {
+		rc := ctxValues(reverse(f))
+		// The reporter is the side whose proxy saw it, as Hubble labels
+		// it: the server for ingress, the client for egress.
+		reporter := "client"
+		if f.GetTrafficDirection() == flow.TrafficDirection_INGRESS {
+			reporter = "server"
+		}
+		cs.counters = append(cs.counters, m.httpReq.WithLabelValues(append([]string{h.GetMethod(), h.GetProtocol(), fmt.Sprint(h.GetCode()), reporter}, rc...)...))
+		cs.duration = m.httpDur.WithLabelValues(append([]string{h.GetMethod(), reporter}, rc...)...)
+	}
+	return cs
+}
+
 func (m *Metrics) l4Counters(f *flow.Flow, c []string) []prometheus.Counter {
 	cs := []prometheus.Counter{m.flows.WithLabelValues(append([]string{"L3_L4", "to-endpoint", f.GetVerdict().String()}, c...)...)}
 	if f.GetVerdict() == flow.Verdict_DROPPED {
@@ -310,24 +374,24 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 // countDNS accounts an L7 DNS flow of the DNS proxy, labelled as Hubble's
 // dns handler labels it (a refused query counts as a query with rcode
 // Refused, as the pod sees it).
-func (m *Metrics) countDNS(f *flow.Flow, d *flow.DNS, c []string) {
-	m.flows.WithLabelValues(append([]string{"L7", "dns", f.GetVerdict().String()}, c...)...).Inc()
+func (m *Metrics) dnsCounters(f *flow.Flow, d *flow.DNS, c []string) []prometheus.Counter {
+	cs := []prometheus.Counter{m.flows.WithLabelValues(append([]string{"L7", "dns", f.GetVerdict().String()}, c...)...)}
 	qtypes := strings.Join(d.GetQtypes(), ",")
 	if f.GetL7().GetType() == flow.L7FlowType_REQUEST {
 		rcode := ""
 		if f.GetVerdict() == flow.Verdict_DROPPED {
 			rcode = "Refused"
 		}
-		m.dnsQ.WithLabelValues(append([]string{rcode, qtypes, "0"}, c...)...).Inc()
-		return
+		return append(cs, m.dnsQ.WithLabelValues(append([]string{rcode, qtypes, "0"}, c...)...))
 	}
 	// The proxy reports an allowed query once, with its answer: count the
 	// query here (from the pod to the server).
-	m.dnsQ.WithLabelValues(append([]string{"", qtypes, "0"}, ctxValues(reverse(f))...)...).Inc()
-	m.dnsR.WithLabelValues(append([]string{dnsRcode(d.GetRcode()), qtypes, fmt.Sprint(len(d.GetIps()))}, c...)...).Inc()
+	cs = append(cs, m.dnsQ.WithLabelValues(append([]string{"", qtypes, "0"}, ctxValues(reverse(f))...)...),
+		m.dnsR.WithLabelValues(append([]string{dnsRcode(d.GetRcode()), qtypes, fmt.Sprint(len(d.GetIps()))}, c...)...))
 	for _, t := range d.GetRrtypes() {
-		m.dnsTypes.WithLabelValues(append([]string{t, qtypes}, c...)...).Inc()
+		cs = append(cs, m.dnsTypes.WithLabelValues(append([]string{t, qtypes}, c...)...))
 	}
+	return cs
 }
 
 func dnsRcode(rc uint32) string {

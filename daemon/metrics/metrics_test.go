@@ -146,3 +146,61 @@ func TestCountEntries(t *testing.T) {
 		t.Errorf("drops to store-front: %v, want 4", v)
 	}
 }
+
+// TestCountL7: HTTP and DNS flows count in Hubble's series, once per flow,
+// the same whether their series were made by this flow or an earlier one
+// with the same labels.
+func TestCountL7(t *testing.T) {
+	m := New(nil, nil)
+	client := &flow.Endpoint{Namespace: "pets", PodName: "order-service"}
+	server := &flow.Endpoint{Namespace: "pets", PodName: "product-service"}
+	httpResp := func(code uint32, dir flow.TrafficDirection) *flow.Flow {
+		return &flow.Flow{Verdict: flow.Verdict_FORWARDED, TrafficDirection: dir, Source: server, Destination: client,
+			L7: &flow.Layer7{Type: flow.L7FlowType_RESPONSE, LatencyNs: 2_000_000,
+				Record: &flow.Layer7_Http{Http: &flow.HTTP{Method: "GET", Protocol: "HTTP/1.1", Code: code}}}}
+	}
+	for range 3 {
+		m.Count(httpResp(200, flow.TrafficDirection_EGRESS))
+	}
+	m.Count(httpResp(403, flow.TrafficDirection_EGRESS))
+	m.Count(httpResp(200, flow.TrafficDirection_INGRESS))
+	dnsAnswer := &flow.Flow{Verdict: flow.Verdict_FORWARDED, Source: server, Destination: client,
+		L7: &flow.Layer7{Type: flow.L7FlowType_RESPONSE, Record: &flow.Layer7_Dns{Dns: &flow.DNS{Query: "a.example.",
+			Qtypes: []string{"A"}, Rrtypes: []string{"CNAME", "A", "A"}, Ips: []string{"192.0.2.1", "192.0.2.2"}}}}}
+	m.Count(dnsAnswer)
+	m.Count(dnsAnswer)
+	for _, c := range []struct {
+		what string
+		got  float64
+		want float64
+	}{
+		{"GET 200 client", testutil.ToFloat64(m.httpReq.WithLabelValues("GET", "HTTP/1.1", "200", "client", "pets", "order-service", "pets", "product-service")), 3},
+		{"GET 403 client", testutil.ToFloat64(m.httpReq.WithLabelValues("GET", "HTTP/1.1", "403", "client", "pets", "order-service", "pets", "product-service")), 1},
+		{"GET 200 server", testutil.ToFloat64(m.httpReq.WithLabelValues("GET", "HTTP/1.1", "200", "server", "pets", "order-service", "pets", "product-service")), 1},
+		{"http flows", testutil.ToFloat64(m.flows.WithLabelValues("L7", "http", "FORWARDED", "pets", "product-service", "pets", "order-service")), 5},
+		{"dns flows", testutil.ToFloat64(m.flows.WithLabelValues("L7", "dns", "FORWARDED", "pets", "product-service", "pets", "order-service")), 2},
+		{"dns queries", testutil.ToFloat64(m.dnsQ.WithLabelValues("", "A", "0", "pets", "order-service", "pets", "product-service")), 2},
+		{"dns responses", testutil.ToFloat64(m.dnsR.WithLabelValues("No Error", "A", "2", "pets", "product-service", "pets", "order-service")), 2},
+		{"A records", testutil.ToFloat64(m.dnsTypes.WithLabelValues("A", "A", "pets", "product-service", "pets", "order-service")), 4},
+		{"CNAME records", testutil.ToFloat64(m.dnsTypes.WithLabelValues("CNAME", "A", "pets", "product-service", "pets", "order-service")), 2},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	// Four egress GETs observed in one duration series.
+	want := `
+# HELP hubble_http_request_duration_seconds Quantiles of HTTP request duration in seconds
+# TYPE hubble_http_request_duration_seconds histogram
+`
+	got, err := testutil.CollectAndFormat(m.httpDur, expfmt.TypeTextPlain, "hubble_http_request_duration_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{`hubble_http_request_duration_seconds_count{destination_namespace="pets",destination_pod="product-service",method="GET",reporter="client",source_namespace="pets",source_pod="order-service"} 4`,
+		`hubble_http_request_duration_seconds_count{destination_namespace="pets",destination_pod="product-service",method="GET",reporter="server",source_namespace="pets",source_pod="order-service"} 1`} {
+		if !strings.Contains(string(got), line) {
+			t.Errorf("duration histogram lacks %s:\n%s%s", line, want, got)
+		}
+	}
+}
