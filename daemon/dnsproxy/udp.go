@@ -41,6 +41,10 @@ const (
 	// maxServers bounds the servers with sockets: pods ask few, and a
 	// pod asking thousands of addresses must not cost as many sockets.
 	maxServers = 256
+	// idleServer is how long a server's socket stays open with nothing in
+	// flight, so that the pods asking many servers once do not keep the
+	// bound reached.
+	idleServer = 30 * time.Second
 )
 
 var (
@@ -70,6 +74,10 @@ type serverSock struct {
 	server netip.AddrPort
 	conn   *net.UDPConn
 	pc     *ipv4.PacketConn
+
+	// lastUsed is when the queries' reader last sent a query on it (only
+	// that goroutine reads and writes it).
+	lastUsed time.Time
 
 	mu     sync.Mutex
 	flying map[uint16]*flight
@@ -126,6 +134,7 @@ func (u *udpServer) readQueries(ctx context.Context) {
 	var out replies
 	toServers := map[*serverSock][]ipv4.Message{}
 	ids := batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}}
+	lastReap := time.Now()
 	for {
 		clear(ids.m)
 		n, err := u.pc.ReadBatch(msgs, 0)
@@ -172,12 +181,17 @@ func (u *udpServer) readQueries(ctx context.Context) {
 			}
 			toServers[s] = append(toServers[s], ipv4.Message{Buffers: [][]byte{wire}})
 		}
+		now := time.Now()
 		for s, list := range toServers {
+			s.lastUsed = now
 			s.send(list)
-			clear(list)
-			toServers[s] = list[:0]
 		}
+		clear(toServers)
 		out.flush(u)
+		if now.Sub(lastReap) > idleServer/3 {
+			lastReap = now
+			u.reap(now)
+		}
 	}
 }
 
@@ -210,6 +224,9 @@ func (u *udpServer) server(server netip.AddrPort) (*serverSock, error) {
 		return nil, errUpstreamClosed
 	}
 	if len(u.servers) >= maxServers {
+		u.reapLocked(time.Now())
+	}
+	if len(u.servers) >= maxServers {
 		return nil, errTooMany
 	}
 	conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(server))
@@ -222,7 +239,7 @@ func (u *udpServer) server(server netip.AddrPort) (*serverSock, error) {
 		conn.Close()
 		return nil, fmt.Errorf("socket to %s: %w", server, err)
 	}
-	s := &serverSock{u: u, server: server, conn: conn, pc: ipv4.NewPacketConn(conn), flying: map[uint16]*flight{}}
+	s := &serverSock{u: u, server: server, conn: conn, pc: ipv4.NewPacketConn(conn), flying: map[uint16]*flight{}, lastUsed: time.Now()}
 	u.servers[server] = s
 	u.wg.Add(1)
 	go func() {
@@ -230,6 +247,27 @@ func (u *udpServer) server(server netip.AddrPort) (*serverSock, error) {
 		s.readAnswers()
 	}()
 	return s, nil
+}
+
+// reap closes the sockets of servers nothing was sent to for idleServer
+// and nothing is in flight to. Only the queries' reader calls it: no query
+// can be on its way to a socket it finds idle.
+func (u *udpServer) reap(now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.reapLocked(now)
+}
+
+func (u *udpServer) reapLocked(now time.Time) {
+	for server, s := range u.servers {
+		s.mu.Lock()
+		idle := len(s.flying) == 0
+		s.mu.Unlock()
+		if idle && now.Sub(s.lastUsed) > idleServer {
+			delete(u.servers, server)
+			s.conn.Close()
+		}
+	}
 }
 
 // register gives pq an ID on s and returns the query to send with it.

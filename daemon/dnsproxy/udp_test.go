@@ -2,6 +2,9 @@ package dnsproxy
 
 import (
 	"encoding/binary"
+	"log/slog"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -59,5 +62,58 @@ func TestFlights(t *testing.T) {
 	// An ID comes back free once its query is done.
 	if _, err := s.register(pqs[3], q(9)); err != nil {
 		t.Fatalf("register after the table emptied: %v", err)
+	}
+}
+
+// TestReapIdleServers: sockets of servers nobody asked for a while are
+// closed, those with queries in flight are kept, and a full table makes
+// room by closing idle ones rather than refusing a new server.
+func TestReapIdleServers(t *testing.T) {
+	p := newProxy(Config{UpstreamTimeout: time.Second}, fakeDP{}, nil, nil, slog.New(slog.DiscardHandler))
+	u := &udpServer{p: p, servers: map[netip.AddrPort]*serverSock{}}
+	t.Cleanup(func() {
+		for _, s := range u.servers {
+			s.conn.Close()
+		}
+	})
+	old := time.Now().Add(-2 * idleServer)
+	open := func(port uint16, lastUsed time.Time, flights int) *serverSock {
+		addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &serverSock{u: u, server: addr, conn: conn, flying: map[uint16]*flight{}, lastUsed: lastUsed}
+		for i := range flights {
+			s.flying[uint16(i)] = &flight{}
+		}
+		u.servers[addr] = s
+		return s
+	}
+	idle := open(1001, old, 0)
+	busy := open(1002, old, 1)
+	recent := open(1003, time.Now(), 0)
+	u.reap(time.Now())
+	if _, ok := u.servers[idle.server]; ok {
+		t.Error("an idle server's socket was kept")
+	}
+	if _, err := idle.conn.Write([]byte{0}); err == nil {
+		t.Error("the idle server's socket is still open")
+	}
+	for _, s := range []*serverSock{busy, recent} {
+		if u.servers[s.server] != s {
+			t.Errorf("socket to %s (in flight or used lately) was closed", s.server)
+		}
+	}
+	// Fill the table with idle servers: a new one still gets a socket.
+	for i := len(u.servers); i < maxServers; i++ {
+		open(uint16(2000+i), old, 0)
+	}
+	s, err := u.server(netip.MustParseAddrPort("127.0.0.1:3000"))
+	if err != nil || s == nil {
+		t.Fatalf("a new server with the table full of idle ones: %v", err)
+	}
+	if len(u.servers) != 3 {
+		t.Errorf("%d sockets after making room, want 3 (busy, recent, new)", len(u.servers))
 	}
 }
