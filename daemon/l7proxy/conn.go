@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -86,6 +87,63 @@ func (d *deadline) set(t time.Time) {
 	d.at = t
 }
 
+// stallClock moves a deadline along while bytes move, so that a transfer
+// ends once nothing moved for its timeout: a peer that stops sending a
+// body or reading an answer would otherwise hold both connections, and
+// the body copier, for ever. The deadline moves by steps of a second at
+// most (each move is a timer update), less for timeouts under 16 s.
+type stallClock struct{ at time.Time }
+
+// next returns the deadline to set before an I/O call, if it must move.
+func (s *stallClock) next(timeout time.Duration) (time.Time, bool) {
+	t := time.Now().Add(timeout)
+	if t.Sub(s.at) < min(time.Second, timeout/16) {
+		return t, false
+	}
+	s.at = t
+	return t, true
+}
+
+// clientIO is the client connection as the connection's reader and
+// writer use it. Writes must not stall for IdleTimeout; reads of a
+// request body (bodyReading) neither, while the head's and the idle
+// wait's reads keep the deadlines of c.dl.
+type clientIO struct{ c *conn }
+
+func (x clientIO) Read(b []byte) (int, error) {
+	c := x.c
+	if c.bodyReading.Load() {
+		if t, ok := c.bodyClock.next(c.p.cfg.IdleTimeout); ok {
+			_ = c.nc.SetReadDeadline(t)
+			if !c.bodyReading.Load() {
+				// stopBody set its deadline in between: keep it.
+				_ = c.nc.SetReadDeadline(time.Now())
+			}
+		}
+	}
+	return c.nc.Read(b)
+}
+
+func (x clientIO) Write(b []byte) (int, error) {
+	c := x.c
+	if t, ok := c.writeClock.next(c.p.cfg.IdleTimeout); ok {
+		_ = c.nc.SetWriteDeadline(t)
+	}
+	return c.nc.Write(b)
+}
+
+// upWriter is the upstream connection as requests are written to it: a
+// server that takes none of a body for IdleTimeout ends it.
+type upWriter struct{ up *upConn }
+
+func (w upWriter) Write(b []byte) (int, error) {
+	up := w.up
+	if t, ok := up.writeClock.next(up.idle); ok {
+		_ = up.nc.SetWriteDeadline(t)
+	}
+	return up.nc.Write(b)
+}
+
 // conn is one client connection.
 type conn struct {
 	p     *Proxy
@@ -108,6 +166,11 @@ type conn struct {
 	// copying: a body copier runs; body carries its result.
 	copying bool
 	body    chan error
+	// bodyReading: the copier reads the body (bodyClock is its read
+	// deadline's, the copier's own); writeClock is the write deadline's.
+	bodyReading atomic.Bool
+	bodyClock   stallClock
+	writeClock  stallClock
 }
 
 // upConn is a client connection's connection to the server.
@@ -119,12 +182,15 @@ type upConn struct {
 	head []byte
 	// used: it carried a request, so the server may have closed it since.
 	used bool
+	// idle bounds a write's stall (upWriter).
+	idle       time.Duration
+	writeClock stallClock
 }
 
 func (p *Proxy) serveConn(nc net.Conn, info connInfo) {
 	c := &conn{p: p, nc: nc, dl: deadline{nc: nc}, info: info, body: make(chan error, 1)}
 	c.br = clientReaders.Get().(*bufio.Reader)
-	c.br.Reset(nc)
+	c.br.Reset(clientIO{c})
 	p.mu.Lock()
 	if p.conns == nil {
 		p.conns = map[*conn]struct{}{}
@@ -171,7 +237,7 @@ func (c *conn) kill() {
 func (c *conn) acquireBuffers() {
 	if c.bw == nil {
 		c.bw = writers.Get().(*bufio.Writer)
-		c.bw.Reset(c.nc)
+		c.bw.Reset(clientIO{c})
 	}
 }
 
@@ -364,7 +430,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		c.startBody(up)
 	} else {
 		up.dl.set(time.Now().Add(responseHeadTimeout))
-		_, err = up.nc.Write(r.raw)
+		_, err = upWriter{up}.Write(r.raw)
 	}
 	for {
 		if err == nil {
@@ -392,7 +458,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 			}
 			retryable = false
 			up.dl.set(time.Now().Add(responseHeadTimeout))
-			_, err = up.nc.Write(r.raw)
+			_, err = upWriter{up}.Write(r.raw)
 			continue
 		}
 		if c.copying {
@@ -408,6 +474,8 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 				return false
 			} else if errors.As(berr, &re) {
 				return false
+			} else if errors.Is(berr, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("the server took none of the request body for %s", c.p.cfg.IdleTimeout)
 			}
 		}
 		return c.fail(ev, err, !r.hasBody() && !r.framing.close)
@@ -581,7 +649,7 @@ func (c *conn) upstream(check bool) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	up := &upConn{nc: nc, dl: deadline{nc: nc}}
+	up := &upConn{nc: nc, dl: deadline{nc: nc}, idle: c.p.cfg.IdleTimeout}
 	c.mu.Lock()
 	c.up = up
 	c.mu.Unlock()
@@ -643,16 +711,18 @@ func (c *conn) readResponseHead(up *upConn) error {
 func (c *conn) startBody(up *upConn) {
 	if up.bw == nil {
 		up.bw = writers.Get().(*bufio.Writer)
-		up.bw.Reset(up.nc)
+		up.bw.Reset(upWriter{up})
 	}
 	c.mu.Lock()
 	c.gotHead = false
 	c.mu.Unlock()
 	c.copying = true
-	// The body has no deadline of its own, as with net/http; the head
-	// timeout clears.
+	// The body has no deadline as a whole, as with net/http, only one
+	// for a stall (clientIO); the head timeout clears.
 	c.dl.set(time.Time{})
 	up.dl.set(time.Time{})
+	c.bodyClock = stallClock{}
+	c.bodyReading.Store(true)
 	r, w := c.br, up.bw
 	go func() {
 		_, err := w.Write(c.req.raw)
@@ -678,10 +748,11 @@ func (c *conn) startBody(up *upConn) {
 				_ = up.nc.SetReadDeadline(time.Now().Add(responseHeadTimeout))
 			}
 			c.mu.Unlock()
-		case !errors.As(err, &we):
-			// The client's body failed: the server is left waiting for the
-			// rest, so end its connection (which also ends the wait for
-			// its answer).
+		case !errors.As(err, &we) || errors.Is(err, os.ErrDeadlineExceeded):
+			// The client's body failed, or the server took none of it for
+			// IdleTimeout: the server is left waiting for the rest, so
+			// end its connection (which also ends the wait for its
+			// answer).
 			_ = up.nc.Close()
 		}
 		c.body <- err
@@ -695,16 +766,23 @@ func (c *conn) stopBody() error {
 		return nil
 	}
 	c.copying = false
+	var err error
 	select {
-	case err := <-c.body:
-		return err
+	case err = <-c.body:
 	case <-time.After(bodyGrace):
+		c.bodyReading.Store(false)
+		c.dl.set(time.Now())
+		if up := c.up; up != nil {
+			_ = up.nc.Close()
+		}
+		err = <-c.body
 	}
-	c.dl.set(time.Now())
-	if up := c.up; up != nil {
-		_ = up.nc.Close()
+	c.bodyReading.Store(false)
+	if !c.bodyClock.at.IsZero() {
+		// The copier moved the read deadline: c.dl's is the one to keep.
+		_ = c.nc.SetReadDeadline(c.dl.at)
 	}
-	return <-c.body
+	return err
 }
 
 // awaitBody waits for the rest of a request body after its response; a
@@ -728,10 +806,20 @@ func (c *conn) awaitBody() bool {
 func (c *conn) tunnel(up *upConn) {
 	c.dl.set(time.Time{})
 	up.dl.set(time.Time{})
+	// A tunnel may be quiet as long as it likes.
+	_ = c.nc.SetWriteDeadline(time.Time{})
+	_ = up.nc.SetWriteDeadline(time.Time{})
+	c.writeClock, up.writeClock = stallClock{}, stallClock{}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if _, err := c.br.WriteTo(up.nc); err != nil {
+		// What the client sent after the head, then the rest straight
+		// from its connection, past clientIO.
+		if err := writeBuffered(up.nc, c.br); err != nil {
+			c.kill()
+			return
+		}
+		if _, err := io.Copy(up.nc, c.nc); err != nil {
 			c.kill()
 			return
 		}
@@ -743,6 +831,17 @@ func (c *conn) tunnel(up *upConn) {
 		closeWrite(c.nc)
 	}
 	<-done
+}
+
+// writeBuffered writes what br holds to w.
+func writeBuffered(w io.Writer, br *bufio.Reader) error {
+	b, _ := br.Peek(br.Buffered())
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := w.Write(b)
+	_, _ = br.Discard(len(b))
+	return err
 }
 
 func closeWrite(nc net.Conn) {

@@ -36,7 +36,8 @@ type Config struct {
 	Port uint16
 	// HeaderTimeout bounds how long a client may take to send a request's
 	// head once it started it (slowloris); IdleTimeout how long a
-	// kept-alive connection may wait for its next request.
+	// kept-alive connection may wait for its next request, and how long
+	// a request body or a write to either side may stall.
 	HeaderTimeout, IdleTimeout time.Duration
 	// MaxHeaderBytes bounds a request's head (more gets 431).
 	MaxHeaderBytes int
