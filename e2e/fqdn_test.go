@@ -66,8 +66,16 @@ func TestFQDNWorkshop(t *testing.T) {
 		t.Fatalf("before policy: www.bing.com: %v %v", ips, err)
 	}
 	say.say("  before policy: order-service resolves www.bing.com")
+	// The node's policy routing for the proxies comes with the first
+	// policy that redirects, not before.
+	if rules := proxyRules(t, f.n); rules != "" {
+		t.Errorf("a proxy routing rule before any DNS rule: %s", rules)
+	}
 	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy.yaml"))
 	dirSource{f.n}.apply(t, workshopObjects(t, "acns-network-policy-fqdn.yaml"))
+	if rules := proxyRules(t, f.n); !strings.Contains(rules, "lookup 2005") {
+		t.Errorf("no proxy routing rule with DNS rules in force: %q", rules)
+	}
 	say.say("\n== $ kubectl apply -n pets -f acns-network-policy.yaml -f acns-network-policy-fqdn.yaml")
 
 	// www.microsoft.com resolves (through the search list, as curl in the
@@ -513,4 +521,21 @@ func TestFQDNRestart(t *testing.T) {
 	if err := order.Probe("tcp", msAddr+":443", time.Second); err != nil {
 		t.Errorf("www.microsoft.com, learned before the proxy died: %v", err)
 	}
+}
+
+// proxyRules returns the node's policy routing rules that send the
+// proxies' marked packets to their local table.
+func proxyRules(t *testing.T, n *node.Node) string {
+	t.Helper()
+	out, err := n.NS.Exec(5*time.Second, "ip", "-4", "rule", "show")
+	if err != nil {
+		t.Fatalf("ip rule show: %v: %s", err, out)
+	}
+	var rules []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "0xa00/0xf00") {
+			rules = append(rules, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(rules, "; ")
 }

@@ -164,7 +164,7 @@ func LoadTables(path string) (*policy.Result, error) {
 
 // ServeControl serves the control API on socket until ctx ends.
 // tablesPath persists the rules pushed to it.
-func ServeControl(ctx context.Context, socket, tablesPath, version string, args []string, p *Proxy, setPolicy func(*policy.Result), cache *fqdn.Cache, events *Events, log *slog.Logger) error {
+func ServeControl(ctx context.Context, socket, tablesPath, version string, args []string, p *Proxy, setPolicy func(*policy.Result) error, cache *fqdn.Cache, events *Events, log *slog.Logger) error {
 	ln, err := api.ListenRootOnly(socket)
 	if err != nil {
 		return err
@@ -198,7 +198,10 @@ func ServeControl(ctx context.Context, socket, tablesPath, version string, args 
 			reply(w, nil, err)
 			return
 		}
-		setPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP, HTTPIngress: t.HTTPIngress})
+		if err := setPolicy(&policy.Result{DNS: t.DNS, FQDN: t.FQDN, HTTP: t.HTTP, HTTPIngress: t.HTTPIngress}); err != nil {
+			reply(w, nil, err)
+			return
+		}
 		reply(w, struct{}{}, nil)
 	})
 	mux.HandleFunc("GET /v1/fqdn/cache", func(w http.ResponseWriter, r *http.Request) {

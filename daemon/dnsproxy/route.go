@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
 // Policy routing that delivers redirected packets locally: the datapath
@@ -21,8 +23,18 @@ const (
 	proxyRulePref = 9
 )
 
+// NeedsRouting says whether res redirects anything to the proxies. The
+// rule is installed only then: any rule of its own makes the node's every
+// route lookup walk the rule list rather than the fast path (about 1% of
+// pod-to-pod request/response here), a cost for clusters without DNS or
+// HTTP rules to pay for nothing.
+func NeedsRouting(res *policy.Result) bool {
+	return res != nil && (len(res.DNS) > 0 || len(res.HTTP) > 0 || len(res.HTTPIngress) > 0)
+}
+
 // EnsureRouting installs the rule and route in the calling network
-// namespace (the node's), if they are not there yet.
+// namespace (the node's), if they are not there yet. Once installed they
+// stay: connections redirected under a policy may outlive it.
 func EnsureRouting() error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {

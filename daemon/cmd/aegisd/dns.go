@@ -198,9 +198,6 @@ func runProxy(argv []string) error {
 		return err
 	}
 	defer maps.Close()
-	if err := dnsproxy.EnsureRouting(); err != nil {
-		return err
-	}
 	existing, err := maps.ListFQDN()
 	if err != nil {
 		return err
@@ -232,17 +229,28 @@ func runProxy(argv []string) error {
 			return err
 		}
 	}
-	setPolicy := func(res *policy.Result) {
+	// The policy routing that delivers redirected packets goes in before
+	// the first rules that redirect: aegisd writes redirects only once
+	// their rules are pushed here.
+	setPolicy := func(res *policy.Result) error {
+		if dnsproxy.NeedsRouting(res) {
+			if err := dnsproxy.EnsureRouting(); err != nil {
+				return err
+			}
+		}
 		p.SetPolicy(res)
 		if hp != nil {
 			hp.SetPolicy(res)
 		}
+		return nil
 	}
 	// The rules of the last run hold until aegisd pushes new ones.
 	if res, err := dnsproxy.LoadTables(tablesFile); err != nil {
 		log.Warn("previous rules unreadable; refusing until aegisd pushes rules", "err", err)
 	} else if res != nil {
-		setPolicy(res)
+		if err := setPolicy(res); err != nil {
+			return err
+		}
 	}
 	if err := maps.SetProxyPorts(uint16(*port), uint16(*httpPort)); err != nil {
 		return err
