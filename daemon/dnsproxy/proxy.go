@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -345,6 +346,11 @@ func (p *Proxy) judge(pq *pendingQuery, raw []byte, err error) []byte {
 	if err == nil {
 		err = resp.Unpack(raw)
 	}
+	if err == nil && !answers(&resp, ev.q) {
+		// What the proxy learns is named by the answer's question: one
+		// that is not the pod's could open addresses of another name.
+		err = errors.New("answer to another question")
+	}
 	if err != nil {
 		p.stats.UpstreamErrors.Add(1)
 		p.log.Debug("dns proxy: upstream", "server", ev.dst, "name", ev.q.Question[0].Name, "err", err)
@@ -360,6 +366,19 @@ func (p *Proxy) judge(pq *pendingQuery, raw []byte, err error) []byte {
 		p.log.Warn("dns proxy: learn", "name", ev.q.Question[0].Name, "err", err)
 	}
 	return raw
+}
+
+// answers says whether resp answers q: a response with q's ID and q's
+// question (or none, as some servers send with an error code).
+func answers(resp, q *dns.Msg) bool {
+	if !resp.Response || resp.Id != q.Id || len(resp.Question) > 1 {
+		return false
+	}
+	if len(resp.Question) == 0 {
+		return resp.Rcode != dns.RcodeSuccess
+	}
+	a, b := resp.Question[0], q.Question[0]
+	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
 }
 
 // matchesAny reports whether one of sels matches name.

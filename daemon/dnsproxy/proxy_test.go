@@ -212,6 +212,55 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 }
 
+// TestAnswerMustMatchQuestion: what the proxy learns is named by the
+// answer's question, so an answer to another question (or with another
+// ID) is SERVFAIL and teaches nothing; an error answer without a question
+// passes.
+func TestAnswerMustMatchQuestion(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(q *dns.Msg) ([]byte, error)
+		rcode  int
+	}{
+		{"another name", func(q *dns.Msg) ([]byte, error) {
+			other := q.Copy()
+			other.Question[0].Name = "login.microsoft.com."
+			return aAnswer(other, "203.0.113.99")
+		}, dns.RcodeServerFailure},
+		{"another type", func(q *dns.Msg) ([]byte, error) {
+			other := q.Copy()
+			other.Question[0].Qtype = dns.TypeMX
+			return aAnswer(other, "203.0.113.99")
+		}, dns.RcodeServerFailure},
+		{"another id", func(q *dns.Msg) ([]byte, error) {
+			other := q.Copy()
+			other.Id++
+			return aAnswer(other, "203.0.113.99")
+		}, dns.RcodeServerFailure},
+		{"a query, not an answer", func(q *dns.Msg) ([]byte, error) { return q.Pack() }, dns.RcodeServerFailure},
+		{"name in other case", func(q *dns.Msg) ([]byte, error) {
+			other := q.Copy()
+			other.Question[0].Name = "WWW.Microsoft.COM."
+			return aAnswer(other, "203.0.113.99")
+		}, dns.RcodeSuccess},
+		{"refused without a question", func(q *dns.Msg) ([]byte, error) {
+			r := new(dns.Msg)
+			r.SetRcode(q, dns.RcodeRefused)
+			r.Question = nil
+			return r.Pack()
+		}, dns.RcodeRefused},
+	} {
+		p, m, _ := testProxy(t, tc.answer)
+		resp := p.handle(query("www.microsoft.com.", dns.TypeA), podAddr, serverAddr, policy.ProtoUDP)
+		if got := rcodeOf(t, resp); got != tc.rcode {
+			t.Errorf("%s: rcode %d, want %d", tc.name, got, tc.rcode)
+		}
+		if tc.rcode != dns.RcodeSuccess && len(m.m) != 0 {
+			t.Errorf("%s: learned %v", tc.name, m.m)
+		}
+	}
+}
+
 func TestChainFollowsCNAMEs(t *testing.T) {
 	r := new(dns.Msg)
 	r.SetQuestion("alias.microsoft.com.", dns.TypeA)
