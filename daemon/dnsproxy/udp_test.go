@@ -1,12 +1,19 @@
 package dnsproxy
 
 import (
+	"context"
 	"encoding/binary"
 	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+
+	"github.com/aegis-cni/aegis/daemon/policy"
+	"github.com/aegis-cni/aegis/daemon/policy/cnp"
 )
 
 // TestFlights checks the table of queries in flight to one server: each
@@ -115,5 +122,129 @@ func TestReapIdleServers(t *testing.T) {
 	}
 	if len(u.servers) != 3 {
 		t.Errorf("%d sockets after making room, want 3 (busy, recent, new)", len(u.servers))
+	}
+}
+
+// TestServerAnswersAndRefusals drives the UDP path's server side over
+// loopback sockets: an allowed query goes to its server with the proxy's
+// ID, the server's answer reaches the pod with the pod's ID from a socket
+// bound to the server's address, and a server that refuses (ICMP port
+// unreachable) gets the pod SERVFAIL at once, not after the timeout.
+func TestServerAnswersAndRefusals(t *testing.T) {
+	podIP, serverIP := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	pod, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(podIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pod.Close()
+	podAddr := pod.LocalAddr().(*net.UDPAddr).AddrPort()
+	// The server, and a port of the same address nothing listens on.
+	server, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	serverAddr := server.LocalAddr().(*net.UDPAddr).AddrPort()
+	gone, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goneAddr := gone.LocalAddr().(*net.UDPAddr).AddrPort()
+	gone.Close()
+
+	p := newProxy(Config{UpstreamTimeout: 5 * time.Second}, fakeDP{podIP: podID, serverIP: serverID}, nil, nil, slog.New(slog.DiscardHandler))
+	p.SetPolicy(&policy.Result{DNS: map[uint32][]policy.DNSRule{podID: {{
+		Remotes: []uint32{serverID}, Ports: []policy.ProtoPort{{Proto: policy.ProtoUDP, Port: serverAddr.Port()}, {Proto: policy.ProtoUDP, Port: goneAddr.Port()}},
+		Patterns: []cnp.FQDNSelector{{MatchPattern: "*.example.test"}}, Cookie: 10,
+	}}}})
+	u := &udpServer{p: p, servers: map[netip.AddrPort]*serverSock{}}
+	defer func() {
+		u.mu.Lock()
+		for _, s := range u.servers {
+			s.conn.Close()
+		}
+		u.mu.Unlock()
+		p.replies.close()
+	}()
+	ask := func(to netip.AddrPort, name string, id uint16) {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.Id = id
+		q, _ := m.Pack()
+		reply, pq := p.decide(q, podAddr, to, policy.ProtoUDP, p.dp)
+		if pq == nil {
+			t.Fatalf("%s not allowed: %x", name, reply)
+		}
+		s, err := u.server(to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire, err := s.register(pq, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.send([]ipv4.Message{{Buffers: [][]byte{wire}}})
+	}
+	answerAtPod := func() (*dns.Msg, netip.AddrPort) {
+		t.Helper()
+		buf := make([]byte, 512)
+		pod.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := pod.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no answer at the pod: %v", err)
+		}
+		var m dns.Msg
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		return &m, from
+	}
+
+	ask(serverAddr, "a.example.test.", 4242)
+	buf := make([]byte, 512)
+	server.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := server.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("query did not reach the server: %v", err)
+	}
+	var q dns.Msg
+	if err := q.Unpack(buf[:n]); err != nil || len(q.Question) != 1 || q.Question[0].Name != "a.example.test." {
+		t.Fatalf("server got %v (%v)", q.Question, err)
+	}
+	r := new(dns.Msg)
+	r.SetReply(&q)
+	r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: "a.example.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+	out, _ := r.Pack()
+	// On a node the server is in a pod's namespace; here it shares the
+	// proxy's, so it answers from a socket that lets the proxy's reply
+	// socket bind the same address.
+	server.Close()
+	lc := net.ListenConfig{Control: transparent(true, false)}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", serverAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.WriteTo(out, net.UDPAddrFromAddrPort(from)); err != nil {
+		t.Fatal(err)
+	}
+	got, replyFrom := answerAtPod()
+	if got.Id != 4242 || got.Rcode != dns.RcodeSuccess || len(got.Answer) != 1 {
+		t.Fatalf("pod got id %d rcode %d answers %v", got.Id, got.Rcode, got.Answer)
+	}
+	if replyFrom != serverAddr {
+		t.Errorf("answer came from %s, want the server's address %s", replyFrom, serverAddr)
+	}
+
+	// Nothing listens at the other port: ICMP refuses the query.
+	start := time.Now()
+	ask(goneAddr, "b.example.test.", 4343)
+	got, replyFrom = answerAtPod()
+	if got.Id != 4343 || got.Rcode != dns.RcodeServerFailure || replyFrom != goneAddr {
+		t.Fatalf("refusing server: pod got id %d rcode %d from %s", got.Id, got.Rcode, replyFrom)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("SERVFAIL for a refusing server after %v; the timeout is 5s, refusal should be at once", d)
 	}
 }
