@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,17 +115,23 @@ func origDst(oob []byte) (netip.AddrPort, bool) {
 
 // replySockets hands out UDP sockets bound to a server's address, so an
 // answer reaches the pod from the address and port it asked. They are kept
-// per server: a node talks to few DNS servers.
+// per server: a node talks to few DNS servers. Each comes wrapped for
+// batched writes, once rather than per batch.
 type replySockets struct {
 	mu    sync.Mutex
-	socks map[netip.AddrPort]*net.UDPConn
+	socks map[netip.AddrPort]*replySocket
 }
 
-func (r *replySockets) get(from netip.AddrPort) (*net.UDPConn, error) {
+type replySocket struct {
+	conn *net.UDPConn
+	pc   *ipv4.PacketConn
+}
+
+func (r *replySockets) get(from netip.AddrPort) (*ipv4.PacketConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c := r.socks[from]; c != nil {
-		return c, nil
+	if s := r.socks[from]; s != nil {
+		return s.pc, nil
 	}
 	lc := net.ListenConfig{Control: transparent(true, false)}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
@@ -132,18 +139,19 @@ func (r *replySockets) get(from netip.AddrPort) (*net.UDPConn, error) {
 		return nil, fmt.Errorf("dns proxy: reply socket for %s: %w", from, err)
 	}
 	if r.socks == nil {
-		r.socks = map[netip.AddrPort]*net.UDPConn{}
+		r.socks = map[netip.AddrPort]*replySocket{}
 	}
 	c := pc.(*net.UDPConn)
-	r.socks[from] = c
-	return c, nil
+	s := &replySocket{conn: c, pc: ipv4.NewPacketConn(c)}
+	r.socks[from] = s
+	return s.pc, nil
 }
 
 func (r *replySockets) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k, c := range r.socks {
-		c.Close()
+	for k, s := range r.socks {
+		s.conn.Close()
 		delete(r.socks, k)
 	}
 }

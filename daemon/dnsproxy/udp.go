@@ -524,11 +524,10 @@ func (r *replies) flush(u *udpServer) {
 		if len(list) == 0 {
 			continue
 		}
-		sock, err := u.p.replies.get(from)
+		pc, err := u.p.replies.get(from)
 		if err != nil {
 			u.p.log.Warn("dns proxy: reply", "err", err)
 		} else {
-			pc := ipv4.NewPacketConn(sock)
 			for rest := list; len(rest) > 0; {
 				n, err := pc.WriteBatch(rest, 0)
 				if err != nil {
