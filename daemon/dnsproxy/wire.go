@@ -140,20 +140,29 @@ func appendAddrPort(b []byte, a netip.AddrPort) []byte {
 	return binary.BigEndian.AppendUint16(b, a.Port())
 }
 
+// appendEnds writes what every L7 event starts with: when, and between
+// which ends.
+func appendEnds(b []byte, t time.Time, src, dst netip.AddrPort, srcID, dstID uint32) []byte {
+	b = binary.AppendVarint(b, t.UnixNano())
+	b = appendAddrPort(b, src)
+	b = appendAddrPort(b, dst)
+	b = binary.AppendUvarint(b, uint64(srcID))
+	return binary.AppendUvarint(b, uint64(dstID))
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
 func appendDNSEvent(b []byte, ev *observe.DNSEvent) []byte {
-	b = binary.AppendVarint(b, ev.Time.UnixNano())
-	b = appendAddrPort(b, ev.Src)
-	b = appendAddrPort(b, ev.Dst)
-	b = binary.AppendUvarint(b, uint64(ev.SrcIdentity))
-	b = binary.AppendUvarint(b, uint64(ev.DstIdentity))
+	b = appendEnds(b, ev.Time, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity)
 	b = append(b, ev.Proto)
 	b = binary.AppendVarint(b, int64(ev.Verdict))
 	b = binary.AppendUvarint(b, uint64(ev.Cookie))
-	resp := byte(0)
-	if ev.Response {
-		resp = 1
-	}
-	b = append(b, resp)
+	b = appendBool(b, ev.Response)
 	b = appendString(b, ev.Query)
 	b = appendStrings(b, ev.Qtypes)
 	b = binary.AppendUvarint(b, uint64(ev.Rcode))
@@ -276,13 +285,16 @@ func (d *decoder) addrPort() netip.AddrPort {
 	return netip.AddrPortFrom(ip, binary.BigEndian.Uint16(port))
 }
 
+// ends reads what appendEnds wrote.
+func (d *decoder) ends() (t time.Time, src, dst netip.AddrPort, srcID, dstID uint32) {
+	t = time.Unix(0, d.varint())
+	src, dst = d.addrPort(), d.addrPort()
+	return t, src, dst, d.uint32(), d.uint32()
+}
+
 func decodeDNSEvent(b []byte, ev *observe.DNSEvent) error {
 	d := decoder{b: b}
-	ev.Time = time.Unix(0, d.varint())
-	ev.Src = d.addrPort()
-	ev.Dst = d.addrPort()
-	ev.SrcIdentity = d.uint32()
-	ev.DstIdentity = d.uint32()
+	ev.Time, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity = d.ends()
 	ev.Proto = d.byte1()
 	ev.Verdict = flow.Verdict(d.varint())
 	ev.Cookie = d.uint32()
@@ -305,19 +317,11 @@ func decodeDNSEvent(b []byte, ev *observe.DNSEvent) error {
 }
 
 func appendHTTPEvent(b []byte, ev *observe.HTTPEvent) []byte {
-	b = binary.AppendVarint(b, ev.Time.UnixNano())
-	b = appendAddrPort(b, ev.Src)
-	b = appendAddrPort(b, ev.Dst)
-	b = binary.AppendUvarint(b, uint64(ev.SrcIdentity))
-	b = binary.AppendUvarint(b, uint64(ev.DstIdentity))
+	b = appendEnds(b, ev.Time, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity)
 	b = binary.AppendVarint(b, int64(ev.Verdict))
 	b = binary.AppendVarint(b, int64(ev.Direction))
 	b = binary.AppendUvarint(b, uint64(ev.Cookie))
-	resp := byte(0)
-	if ev.Response {
-		resp = 1
-	}
-	b = append(b, resp)
+	b = appendBool(b, ev.Response)
 	b = appendString(b, ev.Method)
 	b = appendString(b, ev.URL)
 	b = appendString(b, ev.Protocol)
@@ -345,11 +349,7 @@ func (d *decoder) word() string {
 
 func decodeHTTPEvent(b []byte, ev *observe.HTTPEvent) error {
 	d := decoder{b: b}
-	ev.Time = time.Unix(0, d.varint())
-	ev.Src = d.addrPort()
-	ev.Dst = d.addrPort()
-	ev.SrcIdentity = d.uint32()
-	ev.DstIdentity = d.uint32()
+	ev.Time, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity = d.ends()
 	ev.Verdict = flow.Verdict(d.varint())
 	ev.Direction = flow.TrafficDirection(d.varint())
 	ev.Cookie = d.uint32()
