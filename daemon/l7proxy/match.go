@@ -110,16 +110,32 @@ func (c *Rule) Matches(r *Request) bool {
 	return true
 }
 
-// matches reports whether a field of fields is named h.name and, if h
-// checks it, has h.value. Names compare ASCII case-insensitively, which
-// is what canonicalizing both sides did: a request's names are tokens.
+// matches reports whether fields have one named h.name and, if h checks
+// a value, whether the values of all fields of that name, joined by
+// commas in the order received, are h.value. Joined, as Envoy (Cilium's
+// proxy) matches them: a rule judging only one copy of a repeated field
+// would pass a request whose server acts on another. Names compare ASCII
+// case-insensitively, which is what canonicalizing both sides did: a
+// request's names are tokens.
 func (h header) matches(fields []Field) bool {
+	var joined []byte
+	found := false
 	for _, f := range fields {
-		if asciiEqualFold(f.Name, h.name) && (!h.check || string(f.Value) == h.value) {
+		if !asciiEqualFold(f.Name, h.name) {
+			continue
+		}
+		if !h.check {
 			return true
 		}
+		if found {
+			// A repeated field: copy, rather than point into the head.
+			joined = append(append(append([]byte(nil), joined...), ','), f.Value...)
+		} else {
+			joined = f.Value
+		}
+		found = true
 	}
-	return false
+	return found && string(joined) == h.value
 }
 
 // asciiEqualFold compares b and s ignoring ASCII case only (bytes.EqualFold

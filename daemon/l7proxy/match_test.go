@@ -49,7 +49,18 @@ func TestRuleMatches(t *testing.T) {
 		// Names match whatever their case; Host is the host, not a field.
 		{cnp.HTTPRule{Headers: []string{"x-token"}}, req("GET", "/", "x", map[string]string{"X-TOKEN": "a"}), true},
 		{cnp.HTTPRule{Headers: []string{"Host"}}, req("GET", "/", "x", nil), false},
+		// A repeated field is judged by all its values joined by commas,
+		// as Envoy judges it: one copy matching is not enough.
 		{cnp.HTTPRule{Headers: []string{"X-Env: prod"}}, &Request{Method: "GET", Path: "/", Header: []Field{
+			{Name: []byte("X-Env"), Value: []byte("dev")}, {Name: []byte("x-env"), Value: []byte("prod")}}}, false},
+		{cnp.HTTPRule{Headers: []string{"X-Env: prod"}}, &Request{Method: "GET", Path: "/", Header: []Field{
+			{Name: []byte("X-Env"), Value: []byte("prod")}, {Name: []byte("x-env"), Value: []byte("prod")}}}, false},
+		{cnp.HTTPRule{Headers: []string{"X-Env: dev,prod"}}, &Request{Method: "GET", Path: "/", Header: []Field{
+			{Name: []byte("X-Env"), Value: []byte("dev")}, {Name: []byte("x-env"), Value: []byte("prod")}}}, true},
+		{cnp.HTTPRule{HeaderMatches: []cnp.HeaderMatch{{Name: "x-env", Value: "prod"}}}, &Request{Method: "GET", Path: "/", Header: []Field{
+			{Name: []byte("X-Env"), Value: []byte("prod")}, {Name: []byte("X-Other"), Value: []byte("1")}, {Name: []byte("X-ENV"), Value: []byte("dev")}}}, false},
+		// Presence is presence, however many copies.
+		{cnp.HTTPRule{Headers: []string{"X-Env"}}, &Request{Method: "GET", Path: "/", Header: []Field{
 			{Name: []byte("X-Env"), Value: []byte("dev")}, {Name: []byte("x-env"), Value: []byte("prod")}}}, true},
 		// A rule's non-ASCII name folds to no token.
 		{cnp.HTTPRule{Headers: []string{"\u212aey"}}, req("GET", "/", "x", map[string]string{"Key": "a"}), false},
