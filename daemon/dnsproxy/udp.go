@@ -90,10 +90,9 @@ type serverSock struct {
 }
 
 type flight struct {
-	pq       *pendingQuery
-	podID    uint16
-	seq      uint64
-	deadline time.Time
+	pq    *pendingQuery
+	podID uint16
+	seq   uint64
 }
 
 type flightRef struct {
@@ -289,9 +288,9 @@ func (s *serverSock) register(pq *pendingQuery, query []byte) ([]byte, error) {
 	}
 	s.nextID = id + 1
 	s.seq++
-	f := &flight{pq: pq, podID: binary.BigEndian.Uint16(query), seq: s.seq, deadline: time.Now().Add(s.u.p.cfg.UpstreamTimeout)}
+	f := &flight{pq: pq, podID: binary.BigEndian.Uint16(query), seq: s.seq}
 	s.flying[id] = f
-	s.order = append(s.order, flightRef{id: id, seq: f.seq, deadline: f.deadline})
+	s.order = append(s.order, flightRef{id: id, seq: f.seq, deadline: time.Now().Add(s.u.p.cfg.UpstreamTimeout)})
 	wire := append([]byte(nil), query...)
 	binary.BigEndian.PutUint16(wire, id)
 	return wire, nil
