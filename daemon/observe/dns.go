@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
-	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // DNSEvent is one query or answer the DNS proxy saw.
@@ -28,55 +26,27 @@ type DNSEvent struct {
 	Latency                  time.Duration
 }
 
-// DNSFlow turns a proxy event into Hubble's L7 DNS flow: a REQUEST for
+// dnsFlow turns a proxy event into Hubble's L7 DNS flow: a REQUEST for
 // the query (DROPPED when refused), a RESPONSE for the answer.
-func DNSFlow(r Resolver, ev DNSEvent) *flow.Flow {
-	f := &flow.Flow{
-		Time:             timestamppb.New(ev.Time),
-		Verdict:          ev.Verdict,
-		Type:             flow.FlowType_L7,
-		NodeName:         r.NodeName(),
-		IP:               &flow.IP{Source: ev.Src.Addr().String(), Destination: ev.Dst.Addr().String(), IpVersion: flow.IPVersion_IPv4},
-		EventType:        &flow.CiliumEventType{Type: 129}, // Hubble's access-log (L7) event
-		TrafficDirection: flow.TrafficDirection_EGRESS,
-		IsReply:          wrapperspb.Bool(ev.Response),
-	}
-	src := endpoint(r.Peer(ev.Src.Addr(), ev.SrcIdentity))
-	dst := endpoint(r.Peer(ev.Dst.Addr(), ev.DstIdentity))
-	sport, dport := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
+func (b *l7Builder) dnsFlow(ev *DNSEvent) *flow.Flow {
+	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, ev.Proto)
+	k.dns.Query, k.dns.Qtypes, k.dns.ObservationSource = ev.Query, ev.Qtypes, "proxy"
+	k.l7.Type = flow.L7FlowType_REQUEST
 	if ev.Response {
-		// An answer travels from the server to the pod.
-		src, dst = dst, src
-		sport, dport = dport, sport
-		f.IP.Source, f.IP.Destination = f.IP.Destination, f.IP.Source
+		k.l7.Type = flow.L7FlowType_RESPONSE
+		k.l7.LatencyNs = uint64(ev.Latency)
+		k.dns.Rcode, k.dns.Ips, k.dns.Ttl, k.dns.Cnames, k.dns.Rrtypes = ev.Rcode, ev.IPs, ev.TTL, ev.CNAMEs, ev.Rrtypes
 	}
-	f.Source, f.Destination = src, dst
-	if ev.Proto == 6 {
-		f.L4 = &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: sport, DestinationPort: dport}}}
-	} else {
-		f.L4 = &flow.Layer4{Protocol: &flow.Layer4_UDP{UDP: &flow.UDP{SourcePort: sport, DestinationPort: dport}}}
-	}
-	l7 := &flow.Layer7{Type: flow.L7FlowType_REQUEST, Record: &flow.Layer7_Dns{Dns: &flow.DNS{
-		Query: ev.Query, Qtypes: ev.Qtypes, ObservationSource: "proxy",
-	}}}
-	if ev.Response {
-		l7.Type = flow.L7FlowType_RESPONSE
-		l7.LatencyNs = uint64(ev.Latency)
-		d := l7.GetDns()
-		d.Rcode, d.Ips, d.Ttl, d.Cnames, d.Rrtypes = ev.Rcode, ev.IPs, ev.TTL, ev.CNAMEs, ev.Rrtypes
-	}
-	f.L7 = l7
-	if ref, ok := r.Rule(ev.Cookie); ok && ref.Name != "" {
-		p := []*flow.Policy{{Name: ref.Name, Namespace: ref.Namespace, Kind: ref.Kind}}
-		if ev.Verdict == flow.Verdict_DROPPED {
-			f.EgressDeniedBy = p
-		} else {
-			f.EgressAllowedBy = p
-		}
-	}
+	k.dnsOf.Dns = &k.dns
+	k.l7.Record = &k.dnsOf
+	f := &k.f
+	b.decidedBy(k, ev.Cookie, false, ev.Verdict == flow.Verdict_DROPPED)
 	if ev.Verdict == flow.Verdict_DROPPED {
 		f.DropReasonDesc = flow.DropReason_POLICY_DENIED
 	}
-	f.Summary = "DNS " + l7.Type.String()
+	f.Summary = dnsSummary[ev.Response]
 	return f
 }
+
+// The summaries, made once: "DNS " + the L7 type's name.
+var dnsSummary = map[bool]string{false: "DNS " + flow.L7FlowType_REQUEST.String(), true: "DNS " + flow.L7FlowType_RESPONSE.String()}

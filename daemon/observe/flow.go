@@ -301,11 +301,6 @@ func toFlow(ev bpf.FlowEvent, r Resolver) *flow.Flow {
 	return build(&e, r.NodeName())
 }
 
-func endpoint(p Peer) *flow.Endpoint {
-	return &flow.Endpoint{ID: p.EndpointID, Identity: p.Identity, Namespace: p.Namespace, PodName: p.PodName, Labels: slices.Clone(p.Labels),
-		Workloads: p.Workloads}
-}
-
 func l4(ev bpf.FlowEvent) *flow.Layer4 {
 	sp, dp := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
 	switch ev.Proto {

@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
-	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // L7Event is one event of the proxy process: a DNS query or answer, or an
@@ -33,55 +31,27 @@ type HTTPEvent struct {
 	Latency               time.Duration
 }
 
-// HTTPFlow turns a proxy event into Hubble's L7 HTTP flow.
-func HTTPFlow(r Resolver, ev HTTPEvent) *flow.Flow {
+// httpFlow turns a proxy event into Hubble's L7 HTTP flow.
+func (b *l7Builder) httpFlow(ev *HTTPEvent) *flow.Flow {
 	ingress := ev.Direction == flow.TrafficDirection_INGRESS
-	f := &flow.Flow{
-		Time:             timestamppb.New(ev.Time),
-		Verdict:          ev.Verdict,
-		Type:             flow.FlowType_L7,
-		NodeName:         r.NodeName(),
-		IP:               &flow.IP{Source: ev.Src.Addr().String(), Destination: ev.Dst.Addr().String(), IpVersion: flow.IPVersion_IPv4},
-		EventType:        &flow.CiliumEventType{Type: 129},
-		TrafficDirection: flow.TrafficDirection_EGRESS,
-		IsReply:          wrapperspb.Bool(ev.Response),
-	}
+	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, 6)
+	f := &k.f
 	if ingress {
 		f.TrafficDirection = flow.TrafficDirection_INGRESS
 	}
-	src := endpoint(r.Peer(ev.Src.Addr(), ev.SrcIdentity))
-	dst := endpoint(r.Peer(ev.Dst.Addr(), ev.DstIdentity))
-	sport, dport := uint32(ev.Src.Port()), uint32(ev.Dst.Port())
-	l7 := &flow.Layer7{Type: flow.L7FlowType_REQUEST, Record: &flow.Layer7_Http{Http: &flow.HTTP{
-		Method: ev.Method, Url: ev.URL, Protocol: ev.Protocol,
-	}}}
+	k.http.Method, k.http.Url, k.http.Protocol = ev.Method, ev.URL, ev.Protocol
+	k.l7.Type = flow.L7FlowType_REQUEST
 	if ev.Response {
-		src, dst = dst, src
-		sport, dport = dport, sport
-		f.IP.Source, f.IP.Destination = f.IP.Destination, f.IP.Source
-		l7.Type = flow.L7FlowType_RESPONSE
-		l7.LatencyNs = uint64(ev.Latency)
-		l7.GetHttp().Code = ev.Code
+		k.l7.Type = flow.L7FlowType_RESPONSE
+		k.l7.LatencyNs = uint64(ev.Latency)
+		k.http.Code = ev.Code
 	}
-	f.Source, f.Destination = src, dst
-	f.L4 = &flow.Layer4{Protocol: &flow.Layer4_TCP{TCP: &flow.TCP{SourcePort: sport, DestinationPort: dport}}}
-	f.L7 = l7
-	if ref, ok := r.Rule(ev.Cookie); ok && ref.Name != "" {
-		p := []*flow.Policy{{Name: ref.Name, Namespace: ref.Namespace, Kind: ref.Kind}}
-		switch {
-		case ingress && ev.Verdict == flow.Verdict_DROPPED:
-			f.IngressDeniedBy = p
-		case ingress:
-			f.IngressAllowedBy = p
-		case ev.Verdict == flow.Verdict_DROPPED:
-			f.EgressDeniedBy = p
-		default:
-			f.EgressAllowedBy = p
-		}
-	}
+	k.httpOf.Http = &k.http
+	k.l7.Record = &k.httpOf
+	b.decidedBy(k, ev.Cookie, ingress, ev.Verdict == flow.Verdict_DROPPED)
 	if ev.Verdict == flow.Verdict_DROPPED {
 		f.DropReasonDesc = flow.DropReason_POLICY_DENIED
 	}
-	f.Summary = "HTTP " + l7.Type.String() + " " + ev.Method + " " + ev.URL
+	f.Summary = "HTTP " + k.l7.Type.String() + " " + ev.Method + " " + ev.URL
 	return f
 }

@@ -37,6 +37,7 @@ type Tap func(batch []Entry)
 type Observer struct {
 	maps  *bpf.Maps
 	names *resolver // the reader's; nil without a resolver
+	l7    *l7Builder
 	node  string
 	log   *slog.Logger
 	clock bpf.Clock
@@ -80,6 +81,7 @@ func New(maps *bpf.Maps, r Resolver, capacity int, log *slog.Logger) *Observer {
 		o.names, o.node = newResolver(r), r.NodeName()
 		o.names.dns = o.dns
 	}
+	o.l7 = newL7Builder(r)
 	o.taps.Store(&[]*Tap{})
 	return o
 }
@@ -170,6 +172,12 @@ func (o *Observer) AddEvents(evs ...bpf.FlowEvent) {
 	}
 	o.take(batch)
 }
+
+// AddDNS takes in an event of the DNS proxy as its L7 flow.
+func (o *Observer) AddDNS(ev *DNSEvent) { o.Add(o.l7.dnsFlow(ev)) }
+
+// AddHTTP takes in an event of the HTTP proxy as its L7 flow.
+func (o *Observer) AddHTTP(ev *HTTPEvent) { o.Add(o.l7.httpFlow(ev)) }
 
 // Add stores a flow that did not come from the ring (an L7 flow of a
 // proxy), for the APIs, taps and followers: a DNS answer teaches the

@@ -1,0 +1,129 @@
+package observe
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/aegis-cni/aegis/daemon/policy"
+)
+
+// The proxies' events become flows when they arrive, as Hubble shows them
+// (an L7 flow is its event: nothing is left to resolve later). What
+// makes one cheap is what makes the datapath's entries cheap: its
+// messages are one allocation, and its ends and rule are shared with
+// the other flows that name them, resolved once per version of the
+// resolver's tables. A flow built for each event through a dozen small
+// allocations cost the agent as much CPU as the proxy spent on the
+// request itself.
+
+// l7Builder builds the proxies' flows. Its memory of ends is its own (the
+// datapath reader's belongs to that goroutine); the events of both
+// proxies arrive on one stream, so its lock is seldom contended.
+type l7Builder struct {
+	mu   sync.Mutex
+	c    *resolver
+	node string
+}
+
+// l7Block is an L7 flow and the messages it points to, allocated as one.
+type l7Block struct {
+	f      flow.Flow
+	ts     timestamppb.Timestamp
+	ip     flow.IP
+	et     flow.CiliumEventType
+	reply  wrapperspb.BoolValue
+	l4     flow.Layer4
+	tcp    flow.TCP
+	tcpOf  flow.Layer4_TCP
+	udp    flow.UDP
+	udpOf  flow.Layer4_UDP
+	l7     flow.Layer7
+	dns    flow.DNS
+	dnsOf  flow.Layer7_Dns
+	http   flow.HTTP
+	httpOf flow.Layer7_Http
+	policy [1]*flow.Policy
+}
+
+func newL7Builder(r Resolver) *l7Builder {
+	if r == nil {
+		r = noResolver{}
+	}
+	return &l7Builder{c: newResolver(r), node: r.NodeName()}
+}
+
+// start fills in what every L7 flow has: time, verdict, addresses, ends
+// (the answer's ends are the server's then the pod's), ports and Hubble's
+// access-log event type (129). The caller holds no lock; the ends are
+// resolved under b's.
+func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst netip.AddrPort, srcID, dstID uint32, proto uint8) *l7Block {
+	b.mu.Lock()
+	b.c.refresh()
+	from, to := b.c.end(endKey{src.Addr(), srcID}), b.c.end(endKey{dst.Addr(), dstID})
+	b.mu.Unlock()
+	sport, dport := uint32(src.Port()), uint32(dst.Port())
+	if response {
+		from, to = to, from
+		sport, dport = dport, sport
+	}
+	k := &l7Block{}
+	f := &k.f
+	k.ts.Seconds, k.ts.Nanos = t.Unix(), int32(t.Nanosecond())
+	f.Time = &k.ts
+	f.Verdict, f.Type, f.NodeName = v, flow.FlowType_L7, b.node
+	k.ip.Source, k.ip.Destination, k.ip.IpVersion = from.addr, to.addr, flow.IPVersion_IPv4
+	f.IP = &k.ip
+	f.Source, f.Destination = from.ep, to.ep
+	k.et.Type = 129
+	f.EventType = &k.et
+	f.TrafficDirection = flow.TrafficDirection_EGRESS
+	k.reply.Value = response
+	f.IsReply = &k.reply
+	if proto == 6 {
+		k.tcp.SourcePort, k.tcp.DestinationPort = sport, dport
+		k.tcpOf.TCP = &k.tcp
+		k.l4.Protocol = &k.tcpOf
+	} else {
+		k.udp.SourcePort, k.udp.DestinationPort = sport, dport
+		k.udpOf.UDP = &k.udp
+		k.l4.Protocol = &k.udpOf
+	}
+	f.L4 = &k.l4
+	f.L7 = &k.l7
+	return k
+}
+
+// decidedBy names the rule of cookie in the flow's allowed or denied
+// list for its side.
+func (b *l7Builder) decidedBy(k *l7Block, cookie uint32, ingress, denied bool) {
+	b.mu.Lock()
+	p := b.c.policy(cookie)
+	b.mu.Unlock()
+	if p.Name == "" { // no rule
+		return
+	}
+	k.policy[0] = p
+	list, f := k.policy[:], &k.f
+	switch {
+	case ingress && denied:
+		f.IngressDeniedBy = list
+	case ingress:
+		f.IngressAllowedBy = list
+	case denied:
+		f.EgressDeniedBy = list
+	default:
+		f.EgressAllowedBy = list
+	}
+}
+
+// noResolver names nothing: an observer without a resolver.
+type noResolver struct{}
+
+func (noResolver) Peer(_ netip.Addr, identity uint32) Peer { return Peer{Identity: identity} }
+func (noResolver) Rule(uint32) (policy.RuleRef, bool)      { return policy.RuleRef{}, false }
+func (noResolver) NodeName() string                        { return "" }
