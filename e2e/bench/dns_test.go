@@ -73,12 +73,16 @@ func BenchmarkDNSProxy(b *testing.B) {
 		timeouts int
 		maxQPS   float64
 		lost     int
+		cpu      string // CPU per query at the maximum rate
 	}
 	measure := func() figures {
 		var f figures
 		lat, timeouts := fixedRate(b, client, serverAddr, 1000, 5*time.Second)
 		f.p50, f.p99, f.timeouts = percentile(lat, 0.5), percentile(lat, 0.99), timeouts
-		f.maxQPS, f.lost = dnsperf(b, client, server.IP.String(), queries)
+		before := readCPU(n)
+		var done int
+		f.maxQPS, f.lost, done = dnsperf(b, client, server.IP.String(), queries)
+		f.cpu = readCPU(n).sub(before).perOp(float64(done))
 		return f
 	}
 	b.ResetTimer()
@@ -113,6 +117,7 @@ spec:
 			addP50, verdict(addP50 <= 100*time.Microsecond), addP99, verdict(addP99 <= time.Millisecond))
 		fmt.Fprintf(os.Stdout, "dnsperf max qps: direct %.0f, proxied %.0f, ratio %.2f (target >= 0.6: %s); lost direct %d, proxied %d\n",
 			direct.maxQPS, proxied.maxQPS, ratio, verdict(ratio >= 0.6), direct.lost, proxied.lost)
+		fmt.Fprintf(os.Stdout, "dnsperf CPU per query: direct %s\ndnsperf CPU per query: proxied %s\n", direct.cpu, proxied.cpu)
 		if proxied.timeouts != 0 {
 			fmt.Fprintf(os.Stdout, "dns proxy: %d timeouts at 1k qps (target 0: MISSES)\n", proxied.timeouts)
 		}
@@ -214,11 +219,12 @@ func fixedRate(b *testing.B, client *node.Pod, server string, qps int, d time.Du
 var (
 	qpsRe  = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
 	lostRe = regexp.MustCompile(`Queries lost:\s+([0-9]+)`)
+	doneRe = regexp.MustCompile(`Queries completed:\s+([0-9]+)`)
 )
 
 // dnsperf runs dnsperf at its maximum rate for 5s and returns the queries
-// per second and the queries lost.
-func dnsperf(b *testing.B, client *node.Pod, server, queries string) (float64, int) {
+// per second, the queries lost and the queries answered.
+func dnsperf(b *testing.B, client *node.Pod, server, queries string) (float64, int, int) {
 	out, err := client.NS.Exec(30*time.Second, "dnsperf", "-s", server, "-d", queries, "-l", "5", "-c", "8", "-T", "2", "-q", "200", "-t", "2")
 	if err != nil {
 		b.Fatalf("dnsperf: %v\n%s", err, out)
@@ -232,5 +238,9 @@ func dnsperf(b *testing.B, client *node.Pod, server, queries string) (float64, i
 	if l := lostRe.FindStringSubmatch(out); l != nil {
 		lost, _ = strconv.Atoi(l[1])
 	}
-	return qps, lost
+	done := 0
+	if d := doneRe.FindStringSubmatch(out); d != nil {
+		done, _ = strconv.Atoi(d[1])
+	}
+	return qps, lost, done
 }

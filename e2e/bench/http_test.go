@@ -42,7 +42,9 @@ func BenchmarkHTTPProxy(b *testing.B) {
 
 	b.ResetTimer()
 	for range b.N {
-		directRPS, directP99 := runWrk(b, client, url)
+		before := readCPU(n)
+		directRPS, directP99, directN := runWrk(b, client, url)
+		directCPU := readCPU(n).sub(before).perOp(directN)
 		n.Apply("10-http.yaml", `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: http, namespace: bench}
@@ -52,7 +54,9 @@ spec:
   - toEndpoints: [{matchLabels: {app: web}}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "/"}]}}]
 `)
-		proxyRPS, proxyP99 := runWrk(b, client, url)
+		before = readCPU(n)
+		proxyRPS, proxyP99, proxyN := runWrk(b, client, url)
+		proxyCPU := readCPU(n).sub(before).perOp(proxyN)
 		n.Remove("10-http.yaml")
 		ratio := proxyRPS / directRPS
 		added := proxyP99 - directP99
@@ -67,18 +71,20 @@ spec:
 		fmt.Fprintf(os.Stdout, "\nhttp direct:  %.0f req/s, p99 %v\nhttp proxied: %.0f req/s, p99 %v\n", directRPS, directP99, proxyRPS, proxyP99)
 		fmt.Fprintf(os.Stdout, "http proxy: rps ratio %.2f (target >= 0.5: %s), added p99 %v (target <= 2ms: %s)\n",
 			ratio, verdict(ratio >= 0.5), added, verdict(added <= 2*time.Millisecond))
+		fmt.Fprintf(os.Stdout, "http CPU per request: direct %s\nhttp CPU per request: proxied %s\n", directCPU, proxyCPU)
 	}
 }
 
 var (
 	rpsRe = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	p99Re = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	reqRe = regexp.MustCompile(`([0-9]+) requests in`)
 )
 
 // runWrk runs wrk for 5s from inside the client and returns requests per
-// second and the p99 latency; it fails on any non-2xx answer or socket
-// error.
-func runWrk(b *testing.B, client *node.Pod, url string) (float64, time.Duration) {
+// second, the p99 latency and the requests answered; it fails on any
+// non-2xx answer or socket error.
+func runWrk(b *testing.B, client *node.Pod, url string) (float64, time.Duration, float64) {
 	out, err := client.NS.Exec(30*time.Second, "wrk", "-t", "2", "-c", "16", "-d", "5s", "--latency", url)
 	if err != nil {
 		b.Fatalf("wrk: %v\n%s", err, out)
@@ -94,5 +100,9 @@ func runWrk(b *testing.B, client *node.Pod, url string) (float64, time.Duration)
 	rps, _ := strconv.ParseFloat(m[1], 64)
 	v, _ := strconv.ParseFloat(l[1], 64)
 	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[l[2]]
-	return rps, time.Duration(v * float64(unit))
+	var count float64
+	if r := reqRe.FindStringSubmatch(out); r != nil {
+		count, _ = strconv.ParseFloat(r[1], 64)
+	}
+	return rps, time.Duration(v * float64(unit)), count
 }

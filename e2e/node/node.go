@@ -180,6 +180,16 @@ func (n *Node) DNSProxyPID() int {
 	return pid
 }
 
+// DaemonPID is the pid of the running aegisd (nsenter execs it), or 0.
+func (n *Node) DaemonPID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.daemon == nil || n.daemon.Process == nil {
+		return 0
+	}
+	return n.daemon.Process.Pid
+}
+
 // StopDNSProxy ends the node's DNS proxy process, by the pid it recorded
 // in this node's own state directory, and waits until it is gone.
 func (n *Node) StopDNSProxy() {
