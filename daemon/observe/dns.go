@@ -29,7 +29,7 @@ type DNSEvent struct {
 // dnsFlow turns a proxy event into Hubble's L7 DNS flow: a REQUEST for
 // the query (DROPPED when refused), a RESPONSE for the answer.
 func (b *l7Builder) dnsFlow(ev *DNSEvent) *flow.Flow {
-	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, ev.Proto)
+	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, ev.Proto, ev.Cookie)
 	k.dns.Query, k.dns.Qtypes, k.dns.ObservationSource = ev.Query, ev.Qtypes, "proxy"
 	k.l7.Type = flow.L7FlowType_REQUEST
 	if ev.Response {
@@ -39,14 +39,10 @@ func (b *l7Builder) dnsFlow(ev *DNSEvent) *flow.Flow {
 	}
 	k.dnsOf.Dns = &k.dns
 	k.l7.Record = &k.dnsOf
-	f := &k.f
-	b.decidedBy(k, ev.Cookie, false, ev.Verdict == flow.Verdict_DROPPED)
-	if ev.Verdict == flow.Verdict_DROPPED {
-		f.DropReasonDesc = flow.DropReason_POLICY_DENIED
+	k.decide(false, ev.Verdict == flow.Verdict_DROPPED)
+	k.f.Summary = "DNS REQUEST"
+	if ev.Response {
+		k.f.Summary = "DNS RESPONSE"
 	}
-	f.Summary = dnsSummary[ev.Response]
-	return f
+	return &k.f
 }
-
-// The summaries, made once: "DNS " + the L7 type's name.
-var dnsSummary = map[bool]string{false: "DNS " + flow.L7FlowType_REQUEST.String(), true: "DNS " + flow.L7FlowType_RESPONSE.String()}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
 // L7Event is one event of the proxy process: a DNS query or answer, or an
@@ -34,7 +36,7 @@ type HTTPEvent struct {
 // httpFlow turns a proxy event into Hubble's L7 HTTP flow.
 func (b *l7Builder) httpFlow(ev *HTTPEvent) *flow.Flow {
 	ingress := ev.Direction == flow.TrafficDirection_INGRESS
-	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, 6)
+	k := b.start(ev.Time, ev.Verdict, ev.Response, ev.Src, ev.Dst, ev.SrcIdentity, ev.DstIdentity, policy.ProtoTCP, ev.Cookie)
 	f := &k.f
 	if ingress {
 		f.TrafficDirection = flow.TrafficDirection_INGRESS
@@ -48,10 +50,7 @@ func (b *l7Builder) httpFlow(ev *HTTPEvent) *flow.Flow {
 	}
 	k.httpOf.Http = &k.http
 	k.l7.Record = &k.httpOf
-	b.decidedBy(k, ev.Cookie, ingress, ev.Verdict == flow.Verdict_DROPPED)
-	if ev.Verdict == flow.Verdict_DROPPED {
-		f.DropReasonDesc = flow.DropReason_POLICY_DENIED
-	}
+	k.decide(ingress, ev.Verdict == flow.Verdict_DROPPED)
 	f.Summary = "HTTP " + k.l7.Type.String() + " " + ev.Method + " " + ev.URL
 	return f
 }

@@ -58,13 +58,14 @@ func newL7Builder(r Resolver) *l7Builder {
 }
 
 // start fills in what every L7 flow has: time, verdict, addresses, ends
-// (the answer's ends are the server's then the pod's), ports and Hubble's
-// access-log event type (129). The caller holds no lock; the ends are
-// resolved under b's.
-func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst netip.AddrPort, srcID, dstID uint32, proto uint8) *l7Block {
+// (the answer's ends are the server's then the pod's), ports, Hubble's
+// access-log event type (129), and the rule of cookie, which decide puts
+// in its list.
+func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst netip.AddrPort, srcID, dstID uint32, proto uint8, cookie uint32) *l7Block {
 	b.mu.Lock()
 	b.c.refresh()
 	from, to := b.c.end(endKey{src.Addr(), srcID}), b.c.end(endKey{dst.Addr(), dstID})
+	rule := b.c.policy(cookie)
 	b.mu.Unlock()
 	sport, dport := uint32(src.Port()), uint32(dst.Port())
 	if response {
@@ -72,6 +73,9 @@ func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst n
 		sport, dport = dport, sport
 	}
 	k := &l7Block{}
+	if rule.Name != "" { // the remembered "no rule" has none
+		k.policy[0] = rule
+	}
 	f := &k.f
 	k.ts.Seconds, k.ts.Nanos = t.Unix(), int32(t.Nanosecond())
 	f.Time = &k.ts
@@ -84,7 +88,7 @@ func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst n
 	f.TrafficDirection = flow.TrafficDirection_EGRESS
 	k.reply.Value = response
 	f.IsReply = &k.reply
-	if proto == 6 {
+	if proto == policy.ProtoTCP {
 		k.tcp.SourcePort, k.tcp.DestinationPort = sport, dport
 		k.tcpOf.TCP = &k.tcp
 		k.l4.Protocol = &k.tcpOf
@@ -98,17 +102,18 @@ func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst n
 	return k
 }
 
-// decidedBy names the rule of cookie in the flow's allowed or denied
-// list for its side.
-func (b *l7Builder) decidedBy(k *l7Block, cookie uint32, ingress, denied bool) {
-	b.mu.Lock()
-	p := b.c.policy(cookie)
-	b.mu.Unlock()
-	if p.Name == "" { // no rule
+// decide records the verdict's side: the rule goes in the allowed or
+// denied list of the side whose policy decided, and a denial is a policy
+// drop.
+func (k *l7Block) decide(ingress, denied bool) {
+	f := &k.f
+	if denied {
+		f.DropReasonDesc = flow.DropReason_POLICY_DENIED
+	}
+	if k.policy[0] == nil {
 		return
 	}
-	k.policy[0] = p
-	list, f := k.policy[:], &k.f
+	list := k.policy[:]
 	switch {
 	case ingress && denied:
 		f.IngressDeniedBy = list
