@@ -44,9 +44,10 @@ func (u cpuUse) perOp(count float64) string {
 		us(u.machine), us(u.softirq), us(u.agent), us(u.proxy))
 }
 
-// machineCPU is the time all processors spent outside idle and iowait,
-// and the part of it in softirqs: packets delivered through veths are
-// processed there, charged to no process.
+// machineCPU is the time all processors spent at work (not idle, waiting
+// for I/O or stolen by the hypervisor), and the part of it in softirqs,
+// where packets delivered through veths are processed: with tick
+// accounting, a softirq's time also counts for the task it interrupted.
 func machineCPU() (busy, softirq time.Duration) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
@@ -56,7 +57,7 @@ func machineCPU() (busy, softirq time.Duration) {
 	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
 	var total, soft int64
 	for i, v := range f[1:] {
-		if i == 3 || i == 4 {
+		if i == 3 || i == 4 || i == 7 {
 			continue
 		}
 		if i >= 8 { // guest times are already in user
