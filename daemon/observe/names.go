@@ -56,7 +56,8 @@ func (n *dnsNames) learn(f *flow.Flow, now time.Time) {
 	if err != nil {
 		return
 	}
-	names := []string{strings.TrimSuffix(strings.ToLower(d.GetQuery()), ".")}
+	var buf [4]string // most chains are short: no allocation for them
+	names := append(buf[:0], strings.TrimSuffix(strings.ToLower(d.GetQuery()), "."))
 	for _, c := range d.GetCnames() {
 		names = append(names, strings.TrimSuffix(strings.ToLower(c), "."))
 	}
@@ -82,6 +83,12 @@ func (n *dnsNames) learn(f *flow.Flow, now time.Time) {
 				continue
 			}
 			n.size++
+		}
+		if ok && e.expires.After(now) && slices.Equal(e.names[:min(len(names), len(e.names))], names) {
+			// The same answer again, as a pod's repeated lookups get it:
+			// the merge below would make the same names.
+			m[ip] = nameEntry{names: e.names, expires: now.Add(ttl)}
+			continue
 		}
 		// A new slice each time: flows already built share the old one.
 		merged := append([]string(nil), names...)

@@ -63,6 +63,17 @@ func TestDNSNames(t *testing.T) {
 	if got := egress(pod, ms, now.Add(2*time.Second)).DestinationNames; !slices.Contains(got, "alias.microsoft.com") || !slices.Contains(got, "www.microsoft.com") {
 		t.Errorf("names after a second answer %v", got)
 	}
+	// The same answer again keeps the names and their order, and moves
+	// the expiry.
+	later := now.Add(namesMinTTL / 2)
+	n.learn(dnsAnswer(pod.String(), "alias.microsoft.com", 5, flow.Verdict_FORWARDED, nil, "203.0.113.20"), later)
+	want := egress(pod, ms, now.Add(2*time.Second)).DestinationNames
+	if got := egress(pod, ms, later.Add(namesMinTTL-time.Second)).DestinationNames; len(want) == 0 || !slices.Equal(got, want) {
+		t.Errorf("names after the same answer again %v, want %v", got, want)
+	}
+	if got := egress(pod, ms, later.Add(namesMinTTL+time.Second)).DestinationNames; got != nil {
+		t.Errorf("the repeated answer's expiry did not apply: %v", got)
+	}
 }
 
 func TestDNSNamesBounded(t *testing.T) {
