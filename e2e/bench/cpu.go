@@ -20,7 +20,8 @@ import (
 const clockTick = 10 * time.Millisecond
 
 // cpuUse is CPU time spent so far: by the whole machine (not idle), and by
-// aegisd and its DNS/L7 proxy process.
+// aegisd and its DNS/L7 proxy process, each negative when it could not be
+// read (a process gone, or no pid), so that no figure reads 0 unmeasured.
 type cpuUse struct {
 	machine, softirq, agent, proxy time.Duration
 }
@@ -31,17 +32,27 @@ func readCPU(n *node.Node) cpuUse {
 }
 
 func (u cpuUse) sub(v cpuUse) cpuUse {
-	return cpuUse{machine: u.machine - v.machine, softirq: u.softirq - v.softirq, agent: u.agent - v.agent, proxy: u.proxy - v.proxy}
+	d := func(a, b time.Duration) time.Duration {
+		if a < 0 || b < 0 {
+			return -1
+		}
+		return a - b
+	}
+	return cpuUse{machine: d(u.machine, v.machine), softirq: d(u.softirq, v.softirq), agent: d(u.agent, v.agent), proxy: d(u.proxy, v.proxy)}
 }
 
 // perOp divides each CPU time by count operations.
 func (u cpuUse) perOp(count float64) string {
 	if count <= 0 {
-		return "no operations"
+		return "no operations counted"
 	}
-	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / count }
-	return fmt.Sprintf("machine %.1f us (packets' softirqs %.1f us), aegisd %.1f us, proxy %.1f us",
-		us(u.machine), us(u.softirq), us(u.agent), us(u.proxy))
+	us := func(d time.Duration) string {
+		if d < 0 {
+			return "unknown"
+		}
+		return fmt.Sprintf("%.1f us", float64(d.Microseconds())/count)
+	}
+	return fmt.Sprintf("machine %s (packets' softirqs %s), aegisd %s, proxy %s", us(u.machine), us(u.softirq), us(u.agent), us(u.proxy))
 }
 
 // machineCPU is the time all processors spent at work (not idle, waiting
@@ -51,7 +62,7 @@ func (u cpuUse) perOp(count float64) string {
 func machineCPU() (busy, softirq time.Duration) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0
+		return -1, -1
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
@@ -73,24 +84,24 @@ func machineCPU() (busy, softirq time.Duration) {
 }
 
 // processCPU is the user and system time of process pid (its threads,
-// living and ended), 0 for none.
+// living and ended), -1 when it cannot be read.
 func processCPU(pid int) time.Duration {
 	if pid <= 0 {
-		return 0
+		return -1
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return -1
 	}
 	// The command name may hold spaces: fields count from its ')'.
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0
+		return -1
 	}
 	f := strings.Fields(s[i+1:])
 	if len(f) < 13 {
-		return 0
+		return -1
 	}
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
