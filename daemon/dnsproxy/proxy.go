@@ -23,6 +23,7 @@ import (
 
 	"github.com/cilium/cilium/api/v1/flow"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/aegis-cni/aegis/daemon/fqdn"
 	"github.com/aegis-cni/aegis/daemon/observe"
@@ -61,7 +62,7 @@ type Proxy struct {
 	emit    func(observe.DNSEvent)
 	rules   atomic.Pointer[rules]
 	replies replySockets
-	udp     *net.UDPConn
+	udp     int // the UDP loop's listening socket (sockets.go)
 	tcp     net.Listener
 	stats   Stats
 	// upstream forwards a query to the server the pod asked (exchange;
@@ -88,7 +89,7 @@ func newProxy(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSE
 	if emit == nil {
 		emit = func(observe.DNSEvent) {}
 	}
-	p := &Proxy{cfg: cfg, dp: dp, cache: cache, emit: emit, log: log}
+	p := &Proxy{cfg: cfg, dp: dp, cache: cache, emit: emit, log: log, udp: -1}
 	p.upstream = p.exchange
 	return p
 }
@@ -102,7 +103,7 @@ func New(cfg Config, dp Datapath, cache *fqdn.Cache, emit func(observe.DNSEvent)
 		return nil, err
 	}
 	if p.tcp, err = listenTCP(cfg.Port); err != nil {
-		p.udp.Close()
+		unix.Close(p.udp)
 		return nil, err
 	}
 	return p, nil
@@ -150,13 +151,17 @@ func (p *Proxy) SetPolicy(res *policy.Result) {
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() *Stats { return &p.stats }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends, then closes the proxy's sockets.
 func (p *Proxy) Run(ctx context.Context) error {
+	u, err := newUDPServer(p, p.udp)
+	if err != nil {
+		p.tcp.Close()
+		unix.Close(p.udp)
+		return err
+	}
 	go func() {
 		<-ctx.Done()
-		p.udp.Close()
 		p.tcp.Close()
-		p.replies.close()
 	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -164,14 +169,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 		defer wg.Done()
 		p.serveTCP(ctx)
 	}()
-	p.serveUDP(ctx)
+	u.run(ctx)
 	wg.Wait()
+	// The UDP loop and its sweeper send from the reply sockets: they go
+	// once both have stopped.
+	p.replies.close()
+	unix.Close(p.udp)
 	return nil
-}
-
-// serveUDP serves the UDP socket until it is closed (udp.go).
-func (p *Proxy) serveUDP(ctx context.Context) {
-	newUDPServer(p, p.udp).run(ctx)
 }
 
 func (p *Proxy) serveTCP(ctx context.Context) {

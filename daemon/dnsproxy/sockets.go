@@ -9,7 +9,6 @@ import (
 	"sync"
 	"syscall"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,45 +43,72 @@ func transparent(reuse, origDst bool) func(network, address string, c syscall.Ra
 
 // listenUDP opens the proxy's UDP socket on every address of the node,
 // with SO_REUSEPORT so that a new version of the proxy can bind the port
-// before the old one leaves.
-func listenUDP(port uint16) (*net.UDPConn, error) {
-	lc := net.ListenConfig{Control: transparent(true, true)}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", port))
+// before the old one leaves. It is a socket of the UDP loop's own, outside
+// Go's poller (udp.go).
+func listenUDP(port uint16) (int, error) {
+	fd, err := udpSocket(netip.AddrPortFrom(netip.IPv4Unspecified(), port), true, true)
 	if err != nil {
-		return nil, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
+		return -1, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
 	}
-	c := pc.(*net.UDPConn)
-	if err := forceReadBuffer(c, udpReadBuffer); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
-	}
-	return c, nil
+	return fd, nil
 }
 
-// udpReadBuffer holds the queries that wait for a worker: the default
-// (~200 small datagrams) overflowed when dnsperf kept 200 queries in
-// flight. 2 MiB is ~2000 queries, under 100 ms of work at the proxy's
+// udpSocket opens a non-blocking UDP socket bound to local, marked
+// transparent (see transparent) when asked.
+func udpSocket(local netip.AddrPort, transparent, origDst bool) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	opts := [][3]int{}
+	if transparent {
+		opts = append(opts, [3]int{unix.SOL_IP, unix.IP_TRANSPARENT, 1},
+			[3]int{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1}, [3]int{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1})
+	}
+	if origDst {
+		// Queries wait here while the loop handles a batch; the default
+		// buffer overflowed under dnsperf.
+		opts = append(opts, [3]int{unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1}, [3]int{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer})
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
+		}
+	}
+	if local.IsValid() {
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.Addr().As4(), Port: int(local.Port())}); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("bind %s: %w", local, err)
+		}
+	}
+	return fd, nil
+}
+
+// dialUDP opens the socket to one server: connected, so that only its
+// answers arrive and an ICMP refusal comes back as an error.
+func dialUDP(server netip.AddrPort) (int, error) {
+	fd, err := udpSocket(netip.AddrPort{}, false, false)
+	if err != nil {
+		return -1, err
+	}
+	// Answers wait here while the loop handles a batch.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("setsockopt SO_RCVBUFFORCE %d: %w", udpReadBuffer, err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: server.Addr().As4(), Port: int(server.Port())}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("connect %s: %w", server, err)
+	}
+	return fd, nil
+}
+
+// udpReadBuffer holds the queries (or answers) that wait for the loop: the
+// default (~200 small datagrams) overflowed when dnsperf kept 200 queries
+// in flight. 2 MiB is ~2000 queries, under 100 ms of work at the proxy's
 // rate, so a flood still overflows rather than queueing for seconds.
 const udpReadBuffer = 2 << 20
-
-// forceReadBuffer sets SO_RCVBUFFORCE (the proxy runs as root), past
-// net.core.rmem_max.
-func forceReadBuffer(c *net.UDPConn, size int) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("setsockopt SO_RCVBUFFORCE %d: %w", size, serr)
-	}
-	return nil
-}
 
 // listenTCP opens the proxy's TCP listener; accepted connections carry the
 // original destination as their local address.
@@ -115,43 +141,38 @@ func origDst(oob []byte) (netip.AddrPort, bool) {
 
 // replySockets hands out UDP sockets bound to a server's address, so an
 // answer reaches the pod from the address and port it asked. They are kept
-// per server: a node talks to few DNS servers. Each comes wrapped for
-// batched writes, once rather than per batch.
+// per server: a node talks to few DNS servers. The UDP loop and its
+// sweeper send on them; they are closed once both have stopped.
 type replySockets struct {
 	mu    sync.Mutex
-	socks map[netip.AddrPort]*replySocket
+	socks map[netip.AddrPort]int
 }
 
-type replySocket struct {
-	conn *net.UDPConn
-	pc   *ipv4.PacketConn
-}
-
-func (r *replySockets) get(from netip.AddrPort) (*ipv4.PacketConn, error) {
+func (r *replySockets) get(from netip.AddrPort) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if s := r.socks[from]; s != nil {
-		return s.pc, nil
+	if fd, ok := r.socks[from]; ok {
+		return fd, nil
 	}
-	lc := net.ListenConfig{Control: transparent(true, false)}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", from.String())
+	if !from.Addr().Is4() {
+		return -1, fmt.Errorf("dns proxy: reply socket for %s: not IPv4", from)
+	}
+	fd, err := udpSocket(from, true, false)
 	if err != nil {
-		return nil, fmt.Errorf("dns proxy: reply socket for %s: %w", from, err)
+		return -1, fmt.Errorf("dns proxy: reply socket for %s: %w", from, err)
 	}
 	if r.socks == nil {
-		r.socks = map[netip.AddrPort]*replySocket{}
+		r.socks = map[netip.AddrPort]int{}
 	}
-	c := pc.(*net.UDPConn)
-	s := &replySocket{conn: c, pc: ipv4.NewPacketConn(c)}
-	r.socks[from] = s
-	return s.pc, nil
+	r.socks[from] = fd
+	return fd, nil
 }
 
 func (r *replySockets) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k, s := range r.socks {
-		s.conn.Close()
+	for k, fd := range r.socks {
+		unix.Close(fd)
 		delete(r.socks, k)
 	}
 }

@@ -5,30 +5,34 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
-// The UDP path works in batches, as a pipeline of two loops with no
-// hand-off between goroutines per query: one reads the pods' queries
-// (recvmmsg), decides them and sends the allowed ones on to their servers
-// (sendmmsg); one per server reads the answers, judges them and sends them
-// to the pods. Each server has one connected socket, whose queries carry
-// IDs of the proxy's so that answers find their query. A query costs four
-// system calls divided by the batch: at the rates where the proxy would
-// saturate, a wakeup brings in many queries, so the proxy's cost per query
-// falls as the load rises. (The first design, a pool of workers each
-// reading one query, asking its server and waiting, spent half its time in
-// system calls.)
+// The UDP path is one loop on one goroutine, over sockets of its own that
+// Go's poller does not know: it waits in epoll for the pods' queries and
+// the servers' answers, reads each in batches (recvmmsg), decides the
+// queries and sends the allowed ones on to their servers, judges the
+// answers and sends them to the pods (sendmmsg). Each server has one
+// connected socket, whose queries carry IDs of the proxy's so that
+// answers find their query. At the rates where the proxy would saturate a
+// wakeup brings in many datagrams, so a query's four system calls are
+// divided by the batch.
+//
+// The first design, a pool of workers each reading one query, asking its
+// server and waiting, spent half its time in system calls. The second, a
+// goroutine reading the queries and one per server reading answers, on
+// Go's poller, spent a quarter of the proxy's CPU in the runtime's
+// scheduler: goroutines parking and waking, the poller's own epoll woken
+// by every datagram sent (a socket it watches has room again), and the
+// runtime's monitor taking the processor of a thread in a long sendmmsg.
 
 const (
 	// batch is how many datagrams one system call reads or writes at most.
@@ -57,14 +61,18 @@ var (
 
 // udpServer runs the UDP path.
 type udpServer struct {
-	p    *Proxy
-	conn *net.UDPConn
-	pc   *ipv4.PacketConn
+	p      *Proxy
+	listen int // the pods' queries arrive here (-1: none, in tests)
+	ep     int // the loop's epoll
+	stop   int // an eventfd: written when the loop is to end
+
+	// flying counts the queries in flight to all servers.
+	flying atomic.Int64
 
 	mu      sync.Mutex
 	servers map[netip.AddrPort]*serverSock
+	byFD    map[int32]*serverSock
 	closed  bool
-	wg      sync.WaitGroup
 }
 
 // serverSock is the connected socket to one server and its queries in
@@ -72,12 +80,12 @@ type udpServer struct {
 type serverSock struct {
 	u      *udpServer
 	server netip.AddrPort
-	conn   *net.UDPConn
-	pc     *ipv4.PacketConn
+	fd     int
 
-	// lastUsed is when the queries' reader last sent a query on it (only
-	// that goroutine reads and writes it).
+	// Only the loop uses these: lastUsed is when it last sent a query on
+	// the socket, out the queries it gathered for it from one batch.
 	lastUsed time.Time
+	out      outBatch
 
 	mu     sync.Mutex
 	flying map[uint16]*flight
@@ -101,97 +109,184 @@ type flightRef struct {
 	deadline time.Time
 }
 
-func newUDPServer(p *Proxy, conn *net.UDPConn) *udpServer {
-	return &udpServer{p: p, conn: conn, pc: ipv4.NewPacketConn(conn), servers: map[netip.AddrPort]*serverSock{}}
-}
-
-// run serves until ctx ends; the caller closes conn then.
-func (u *udpServer) run(ctx context.Context) {
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		u.sweep(ctx)
-	}()
-	u.readQueries(ctx)
-	u.mu.Lock()
-	u.closed = true
-	for _, s := range u.servers {
-		s.conn.Close()
+// newUDPServer sets up the loop over listen (-1: no pods' socket).
+func newUDPServer(p *Proxy, listen int) (*udpServer, error) {
+	u := &udpServer{p: p, listen: listen, ep: -1, stop: -1, servers: map[netip.AddrPort]*serverSock{}, byFD: map[int32]*serverSock{}}
+	var err error
+	if u.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("dns proxy: epoll: %w", err)
 	}
-	u.mu.Unlock()
-	u.wg.Wait()
-}
-
-// readQueries is the first loop: queries in, decisions, allowed queries
-// on to their servers and the other answers back.
-func (u *udpServer) readQueries(ctx context.Context) {
-	msgs := make([]ipv4.Message, batch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, queryBuf)}
-		msgs[i].OOB = make([]byte, 128)
+	if u.stop, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		u.closeAll()
+		return nil, fmt.Errorf("dns proxy: eventfd: %w", err)
 	}
-	var out replies
-	toServers := map[*serverSock][]ipv4.Message{}
-	ids := batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}}
-	lastReap := time.Now()
-	for {
-		clear(ids.m)
-		n, err := u.pc.ReadBatch(msgs, 0)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			u.p.log.Warn("dns proxy: read", "err", err)
+	for _, fd := range []int{u.stop, listen} {
+		if fd < 0 {
 			continue
 		}
-		for i := range n {
-			m := &msgs[i]
-			dst, ok := origDst(m.OOB[:m.NN])
-			ua, isUDP := m.Addr.(*net.UDPAddr)
-			if !ok || !isUDP {
-				u.p.stats.Malformed.Add(1)
-				continue
-			}
-			src := ua.AddrPort()
-			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			query := m.Buffers[0][:m.N]
-			if m.Flags&syscall.MSG_TRUNC != 0 {
-				// Longer than any query a resolver sends: the header is
-				// there, the rest is not.
-				u.p.stats.Malformed.Add(1)
-				out.add(dst, src, formErr(query))
-				continue
-			}
-			reply, pq := u.p.decide(query, src, dst, policy.ProtoUDP, ids)
-			if pq == nil {
-				if reply != nil {
-					out.add(dst, src, reply)
+		if err := unix.EpollCtl(u.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			u.closeAll()
+			return nil, fmt.Errorf("dns proxy: epoll add: %w", err)
+		}
+	}
+	return u, nil
+}
+
+// run serves until ctx ends, then closes the servers' sockets and the
+// loop's own; the listening socket stays its caller's.
+func (u *udpServer) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		u.sweep(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		u.wake()
+	}()
+	u.loop()
+	wg.Wait()
+	u.closeAll()
+}
+
+// wake ends the loop.
+func (u *udpServer) wake() {
+	var one [8]byte
+	one[0] = 1 // native order on the machines Aegis runs on (little-endian)
+	unix.Write(u.stop, one[:])
+}
+
+func (u *udpServer) closeAll() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.closed = true
+	for server, s := range u.servers {
+		delete(u.servers, server)
+		u.closeLocked(s)
+	}
+	for _, fd := range []int{u.ep, u.stop} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	u.ep, u.stop = -1, -1
+}
+
+// loop is the UDP path: it returns when stop is written.
+func (u *udpServer) loop() {
+	queries := newInBatch(batch, queryBuf, 128)
+	answers := newInBatch(batch, answerBuf, 0)
+	events := make([]unix.EpollEvent, 64)
+	var out replies
+	var touched []*serverSock
+	ids := batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}}
+	lastReap := time.Now()
+	var spinUntil time.Time
+	for {
+		// Block, unless a query or two wait for their answer: then poll
+		// (see spinFor).
+		timeout := 1000
+		if !spinUntil.IsZero() {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(u.ep, events, timeout)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			u.p.log.Warn("dns proxy: epoll", "err", err)
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			switch fd := int(ev.Fd); {
+			case fd == u.stop:
+				return
+			case fd == u.listen:
+				touched = u.readQueries(queries, &out, touched, ids)
+			default:
+				u.mu.Lock()
+				s := u.byFD[ev.Fd]
+				u.mu.Unlock()
+				if s != nil {
+					s.readAnswers(answers, &out)
 				}
-				continue
 			}
-			s, err := u.server(dst)
-			var wire []byte
-			if err == nil {
-				wire, err = s.register(pq, query)
-			}
-			if err != nil {
-				out.answer(pq, u.p.judge(pq, nil, err))
-				continue
-			}
-			toServers[s] = append(toServers[s], ipv4.Message{Buffers: [][]byte{wire}})
 		}
 		now := time.Now()
-		for s, list := range toServers {
+		for _, s := range touched {
 			s.lastUsed = now
-			s.send(list)
+			s.send()
 		}
-		clear(toServers)
+		clear(touched)
+		touched = touched[:0]
 		out.flush(u)
+		switch inFlight := u.flying.Load(); {
+		case inFlight == 0 || inFlight > spinInFlight:
+			spinUntil = time.Time{}
+		case n > 0 || spinUntil.IsZero():
+			spinUntil = now.Add(spinFor)
+		case now.After(spinUntil):
+			spinUntil = time.Time{}
+		default:
+			// Others (the events' writer, the sweeper) get the processor
+			// between polls.
+			runtime.Gosched()
+		}
 		if now.Sub(lastReap) > idleServer/3 {
 			lastReap = now
 			u.reap(now)
 		}
 	}
+}
+
+// readQueries reads one batch of the pods' queries, decides them, gathers
+// the allowed ones on their servers' sockets (added to touched) and the
+// other answers in out.
+func (u *udpServer) readQueries(in *inBatch, out *replies, touched []*serverSock, ids batchIdentities) []*serverSock {
+	clear(ids.m)
+	n, err := in.recv(u.listen)
+	if err != nil {
+		if !errors.Is(err, unix.EAGAIN) {
+			u.p.log.Warn("dns proxy: read", "err", err)
+		}
+		return touched
+	}
+	for i := range n {
+		dst, ok := origDst(in.control(i))
+		src, isV4 := in.from(i)
+		if !ok || !isV4 {
+			u.p.stats.Malformed.Add(1)
+			continue
+		}
+		query := in.data(i)
+		if in.truncated(i) {
+			// Longer than any query a resolver sends: the header is
+			// there, the rest is not.
+			u.p.stats.Malformed.Add(1)
+			out.add(dst, src, formErr(query))
+			continue
+		}
+		reply, pq := u.p.decide(query, src, dst, policy.ProtoUDP, ids)
+		if pq == nil {
+			if reply != nil {
+				out.add(dst, src, reply)
+			}
+			continue
+		}
+		s, err := u.server(dst)
+		var wire []byte
+		if err == nil {
+			wire, err = s.register(pq, query)
+		}
+		if err != nil {
+			out.answer(pq, u.p.judge(pq, nil, err))
+			continue
+		}
+		if s.out.len() == 0 {
+			touched = append(touched, s)
+		}
+		s.out.add(wire, netip.AddrPort{})
+	}
+	return touched
 }
 
 // batchIdentities looks up each address once per batch: a batch is mostly
@@ -228,29 +323,23 @@ func (u *udpServer) server(server netip.AddrPort) (*serverSock, error) {
 	if len(u.servers) >= maxServers {
 		return nil, errTooMany
 	}
-	conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(server))
+	fd, err := dialUDP(server)
 	if err != nil {
 		return nil, fmt.Errorf("socket to %s: %w", server, err)
 	}
-	// Answers wait here while the reader handles a batch; the default
-	// buffer overflowed under dnsperf.
-	if err := forceReadBuffer(conn, udpReadBuffer); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("socket to %s: %w", server, err)
+	if err := unix.EpollCtl(u.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("socket to %s: epoll add: %w", server, err)
 	}
-	s := &serverSock{u: u, server: server, conn: conn, pc: ipv4.NewPacketConn(conn), flying: map[uint16]*flight{}, lastUsed: time.Now()}
+	s := &serverSock{u: u, server: server, fd: fd, flying: map[uint16]*flight{}, lastUsed: time.Now()}
 	u.servers[server] = s
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		s.readAnswers()
-	}()
+	u.byFD[int32(fd)] = s
 	return s, nil
 }
 
 // reap closes the sockets of servers nothing was sent to for idleServer
-// and nothing is in flight to. Only the queries' reader calls it: no query
-// can be on its way to a socket it finds idle.
+// and nothing is in flight to. Only the loop calls it: no query can be on
+// its way to a socket it finds idle.
 func (u *udpServer) reap(now time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -264,9 +353,16 @@ func (u *udpServer) reapLocked(now time.Time) {
 		s.mu.Unlock()
 		if idle && now.Sub(s.lastUsed) > idleServer {
 			delete(u.servers, server)
-			s.conn.Close()
+			u.closeLocked(s)
 		}
 	}
+}
+
+// closeLocked closes s's socket, which leaves the loop's epoll with it.
+func (u *udpServer) closeLocked(s *serverSock) {
+	delete(u.byFD, int32(s.fd))
+	unix.Close(s.fd)
+	s.fd = -1
 }
 
 // register gives pq an ID on s and returns the query to send with it.
@@ -290,25 +386,19 @@ func (s *serverSock) register(pq *pendingQuery, query []byte) ([]byte, error) {
 	s.seq++
 	f := &flight{pq: pq, podID: binary.BigEndian.Uint16(query), seq: s.seq}
 	s.flying[id] = f
+	s.u.flying.Add(1)
 	s.order = append(s.order, flightRef{id: id, seq: f.seq, deadline: time.Now().Add(s.u.p.cfg.UpstreamTimeout)})
 	wire := append([]byte(nil), query...)
 	binary.BigEndian.PutUint16(wire, id)
 	return wire, nil
 }
 
-// send writes queries to the server; those the socket refuses fail at
-// once.
-func (s *serverSock) send(list []ipv4.Message) {
-	for len(list) > 0 {
-		n, err := s.pc.WriteBatch(list, 0)
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.u.p.log.Debug("dns proxy: send", "server", s.server, "err", err)
-			}
-			s.failAll(fmt.Errorf("send to %s: %w", s.server, err))
-			return
-		}
-		list = list[n:]
+// send writes the queries gathered in s.out to the server; those the
+// socket refuses fail at once.
+func (s *serverSock) send() {
+	if err := s.out.send(s.fd); err != nil {
+		s.u.p.log.Debug("dns proxy: send", "server", s.server, "err", err)
+		s.failAll(fmt.Errorf("send to %s: %w", s.server, err))
 	}
 }
 
@@ -320,65 +410,48 @@ func (s *serverSock) take(id uint16) *flight {
 	f := s.flying[id]
 	if f != nil {
 		delete(s.flying, id)
+		s.u.flying.Add(-1)
 	}
 	return f
 }
 
-// readAnswers is the second loop: a server's answers in, judged, on to
-// the pods.
-func (s *serverSock) readAnswers() {
-	msgs := make([]ipv4.Message, batch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, answerBuf)}
-	}
-	var out replies
-	raw, err := s.conn.SyscallConn()
-	if err != nil {
-		s.u.p.log.Warn("dns proxy: answers", "server", s.server, "err", err)
+// readAnswers reads one batch of s's answers, judges them and gathers
+// them in out, to go to the pods. The answers point into in: out is
+// flushed before in is read again.
+func (s *serverSock) readAnswers(in *inBatch, out *replies) {
+	n, err := in.recv(s.fd)
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		return
+	case errors.Is(err, unix.ECONNREFUSED):
+		// Nothing listens where the pods asked: every query in flight to
+		// it meets the same.
+		s.failAll(errRefused)
+		return
+	case err != nil:
+		s.u.p.log.Warn("dns proxy: read answer", "server", s.server, "err", err)
 		return
 	}
-	for {
-		n, err := s.spin(raw, &msgs[0])
-		if n == 0 && err == nil {
-			n, err = s.pc.ReadBatch(msgs, 0)
-		}
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				// Nothing listens where the pods asked: every query in
-				// flight to it meets the same.
-				s.failAll(errRefused)
-				continue
-			}
-			s.u.p.log.Warn("dns proxy: read answer", "server", s.server, "err", err)
+	for i := range n {
+		raw := in.data(i)
+		if len(raw) < 12 {
 			continue
 		}
-		for i := range n {
-			m := &msgs[i]
-			raw := m.Buffers[0][:m.N]
-			if m.N < 12 {
-				continue
-			}
-			f := s.take(binary.BigEndian.Uint16(raw))
-			if f == nil {
-				continue
-			}
-			if m.Flags&syscall.MSG_TRUNC != 0 {
-				out.answer(f.pq, s.u.p.judge(f.pq, nil, errors.New("answer over 64 KiB")))
-				continue
-			}
-			binary.BigEndian.PutUint16(raw, f.podID)
-			// raw stays valid until the next read: out is flushed first.
-			out.answer(f.pq, s.u.p.judge(f.pq, raw, nil))
+		f := s.take(binary.BigEndian.Uint16(raw))
+		if f == nil {
+			continue
 		}
-		out.flush(s.u)
+		if in.truncated(i) {
+			out.answer(f.pq, s.u.p.judge(f.pq, nil, errors.New("answer over 64 KiB")))
+			continue
+		}
+		binary.BigEndian.PutUint16(raw, f.podID)
+		out.answer(f.pq, s.u.p.judge(f.pq, raw, nil))
 	}
 }
 
-// spinFor is how long the reader of a server's answers polls for the next
-// one before it sleeps, when one or two queries wait: on this kind of
+// spinFor is how long the loop polls for the next datagram before it
+// sleeps, when one or two queries wait for their answer: on this kind of
 // machine a sleeping thread takes 50-100 us to wake (an idle virtual CPU
 // has to be woken), more than a server on the node takes to answer, and
 // a proxy that sleeps through each answer doubles the latency it adds at
@@ -390,44 +463,6 @@ const (
 	spinInFlight = 2
 )
 
-// spin polls s's socket for one answer for up to spinFor, when few queries
-// are in flight. It returns 0 and no error when it did not poll or saw
-// nothing.
-func (s *serverSock) spin(raw syscall.RawConn, m *ipv4.Message) (int, error) {
-	s.mu.Lock()
-	waiting := len(s.flying)
-	s.mu.Unlock()
-	if waiting == 0 || waiting > spinInFlight {
-		return 0, nil
-	}
-	deadline := time.Now().Add(spinFor)
-	buf := m.Buffers[0]
-	for {
-		var n, flags int
-		var rerr error
-		if err := raw.Read(func(fd uintptr) bool {
-			n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_DONTWAIT)
-			return true
-		}); err != nil {
-			return 0, err
-		}
-		switch {
-		case rerr == nil:
-			m.N, m.Flags = n, flags
-			return 1, nil
-		case errors.Is(rerr, unix.EAGAIN):
-		case errors.Is(rerr, unix.EINTR):
-		default:
-			return 0, rerr
-		}
-		if time.Now().After(deadline) {
-			return 0, nil
-		}
-		// Others (the queries' reader) get the processor between polls.
-		runtime.Gosched()
-	}
-}
-
 // failAll answers every query in flight on s with SERVFAIL.
 func (s *serverSock) failAll(err error) {
 	s.mu.Lock()
@@ -436,6 +471,7 @@ func (s *serverSock) failAll(err error) {
 		failed = append(failed, f)
 		delete(s.flying, id)
 	}
+	s.u.flying.Add(-int64(len(failed)))
 	s.order = s.order[:0]
 	s.mu.Unlock()
 	var out replies
@@ -463,6 +499,7 @@ func (s *serverSock) expire(now time.Time) []*flight {
 		delete(s.flying, r.id)
 		expired = append(expired, f)
 	}
+	s.u.flying.Add(-int64(len(expired)))
 	s.order = append(s.order[:0], s.order[i:]...)
 	return expired
 }
@@ -498,7 +535,7 @@ func (u *udpServer) sweep(ctx context.Context) {
 // to send each group in one system call from the socket bound to it, and
 // the allowed queries they answer, reported once the answers are out.
 type replies struct {
-	by       map[netip.AddrPort][]ipv4.Message
+	by       map[netip.AddrPort]*outBatch
 	answered []*pendingQuery
 }
 
@@ -513,31 +550,30 @@ func (r *replies) add(from, to netip.AddrPort, b []byte) {
 		return
 	}
 	if r.by == nil {
-		r.by = map[netip.AddrPort][]ipv4.Message{}
+		r.by = map[netip.AddrPort]*outBatch{}
 	}
-	r.by[from] = append(r.by[from], ipv4.Message{Buffers: [][]byte{b}, Addr: net.UDPAddrFromAddrPort(to)})
+	ob := r.by[from]
+	if ob == nil {
+		ob = &outBatch{}
+		r.by[from] = ob
+	}
+	ob.add(b, to)
 }
 
 func (r *replies) flush(u *udpServer) {
-	for from, list := range r.by {
-		if len(list) == 0 {
+	for from, ob := range r.by {
+		if ob.len() == 0 {
 			continue
 		}
-		pc, err := u.p.replies.get(from)
+		fd, err := u.p.replies.get(from)
 		if err != nil {
 			u.p.log.Warn("dns proxy: reply", "err", err)
-		} else {
-			for rest := list; len(rest) > 0; {
-				n, err := pc.WriteBatch(rest, 0)
-				if err != nil {
-					u.p.log.Warn("dns proxy: reply", "from", from, "err", err)
-					break
-				}
-				rest = rest[n:]
-			}
+			ob.reset()
+			continue
 		}
-		clear(list)
-		r.by[from] = list[:0]
+		if err := ob.send(fd); err != nil {
+			u.p.log.Warn("dns proxy: reply", "from", from, "err", err)
+		}
 	}
 	for i, pq := range r.answered {
 		u.p.emitDNS(&pq.ev, pq.start)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/daemon/policy/cnp"
@@ -77,35 +77,39 @@ func TestFlights(t *testing.T) {
 // room by closing idle ones rather than refusing a new server.
 func TestReapIdleServers(t *testing.T) {
 	p := newProxy(Config{UpstreamTimeout: time.Second}, fakeDP{}, nil, nil, slog.New(slog.DiscardHandler))
-	u := &udpServer{p: p, servers: map[netip.AddrPort]*serverSock{}}
-	t.Cleanup(func() {
-		for _, s := range u.servers {
-			s.conn.Close()
-		}
-	})
+	u, err := newUDPServer(p, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.closeAll)
 	old := time.Now().Add(-2 * idleServer)
 	open := func(port uint16, lastUsed time.Time, flights int) *serverSock {
 		addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
-		conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+		s, err := u.server(addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := &serverSock{u: u, server: addr, conn: conn, flying: map[uint16]*flight{}, lastUsed: lastUsed}
+		s.lastUsed = lastUsed
 		for i := range flights {
 			s.flying[uint16(i)] = &flight{}
 		}
-		u.servers[addr] = s
 		return s
 	}
 	idle := open(1001, old, 0)
+	idleFD := idle.fd
 	busy := open(1002, old, 1)
 	recent := open(1003, time.Now(), 0)
 	u.reap(time.Now())
 	if _, ok := u.servers[idle.server]; ok {
 		t.Error("an idle server's socket was kept")
 	}
-	if _, err := idle.conn.Write([]byte{0}); err == nil {
-		t.Error("the idle server's socket is still open")
+	if sa, err := unix.Getpeername(idleFD); err == nil {
+		if in4, ok := sa.(*unix.SockaddrInet4); ok && in4.Port == int(idle.server.Port()) {
+			t.Error("the idle server's socket is still open")
+		}
+	}
+	if idle.fd != -1 || u.byFD[int32(idleFD)] != nil {
+		t.Error("the idle server's socket is still known to the loop")
 	}
 	for _, s := range []*serverSock{busy, recent} {
 		if u.servers[s.server] != s {
@@ -157,13 +161,22 @@ func TestServerAnswersAndRefusals(t *testing.T) {
 		Remotes: []uint32{serverID}, Ports: []policy.ProtoPort{{Proto: policy.ProtoUDP, Port: serverAddr.Port()}, {Proto: policy.ProtoUDP, Port: goneAddr.Port()}},
 		Patterns: []cnp.FQDNSelector{{MatchPattern: "*.example.test"}}, Cookie: 10,
 	}}}})
-	u := &udpServer{p: p, servers: map[netip.AddrPort]*serverSock{}}
+	// The loop reads the servers' answers; the test sends the queries
+	// itself (the loop has no pods' socket here, so it never touches a
+	// server's batch of queries).
+	u, err := newUDPServer(p, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		u.run(ctx)
+	}()
 	defer func() {
-		u.mu.Lock()
-		for _, s := range u.servers {
-			s.conn.Close()
-		}
-		u.mu.Unlock()
+		cancel()
+		<-done
 		p.replies.close()
 	}()
 	ask := func(to netip.AddrPort, name string, id uint16) {
@@ -184,7 +197,8 @@ func TestServerAnswersAndRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.send([]ipv4.Message{{Buffers: [][]byte{wire}}})
+		s.out.add(wire, netip.AddrPort{})
+		s.send()
 	}
 	answerAtPod := func() (*dns.Msg, netip.AddrPort) {
 		t.Helper()
