@@ -12,69 +12,61 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// transparent marks a socket IP_TRANSPARENT: it may receive packets the
+// sockopt is one integer socket option: level, name, value.
+type sockopt [3]int
+
+// transparentOpts mark a socket IP_TRANSPARENT: it may receive packets the
 // datapath assigned to it whatever their destination, and send from
-// addresses that are not the node's. reuse adds SO_REUSEADDR and
-// SO_REUSEPORT, for the reply sockets bound to a server's address.
-func transparent(reuse, origDst bool) func(network, address string, c syscall.RawConn) error {
-	return func(network, address string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			opts := [][2]int{{unix.SOL_IP, unix.IP_TRANSPARENT}}
-			if origDst {
-				opts = append(opts, [2]int{unix.SOL_IP, unix.IP_RECVORIGDSTADDR})
-			}
-			if reuse {
-				opts = append(opts, [2]int{unix.SOL_SOCKET, unix.SO_REUSEADDR}, [2]int{unix.SOL_SOCKET, unix.SO_REUSEPORT})
-			}
-			for _, o := range opts {
-				if serr = unix.SetsockoptInt(int(fd), o[0], o[1], 1); serr != nil {
-					serr = fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], serr)
-					return
-				}
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}
+// addresses that are not the node's. SO_REUSEADDR and SO_REUSEPORT let a
+// new proxy bind the port before the old one leaves, and the reply
+// sockets bind a server's address.
+var transparentOpts = []sockopt{
+	{unix.SOL_IP, unix.IP_TRANSPARENT, 1},
+	{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+	{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1},
 }
 
-// listenUDP opens the proxy's UDP socket on every address of the node,
-// with SO_REUSEPORT so that a new version of the proxy can bind the port
-// before the old one leaves. It is a socket of the UDP loop's own, outside
-// Go's poller (udp.go).
+// setsockopts sets opts on fd, stopping at the first that fails.
+func setsockopts(fd int, opts ...sockopt) error {
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			return fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
+		}
+	}
+	return nil
+}
+
+// transparent sets transparentOpts on a socket Go's net package opens.
+func transparent(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setsockopts(int(fd), transparentOpts...) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// listenUDP opens the proxy's UDP socket on every address of the node. It
+// is a socket of the UDP loop's own, outside Go's poller (udp.go), and
+// reports each query's original destination.
 func listenUDP(port uint16) (int, error) {
-	fd, err := udpSocket(netip.AddrPortFrom(netip.IPv4Unspecified(), port), true, true)
+	opts := append(append([]sockopt{}, transparentOpts...), sockopt{unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1}, bigReadBuffer)
+	fd, err := udpSocket(netip.AddrPortFrom(netip.IPv4Unspecified(), port), opts...)
 	if err != nil {
 		return -1, fmt.Errorf("dns proxy: listen udp :%d: %w", port, err)
 	}
 	return fd, nil
 }
 
-// udpSocket opens a non-blocking UDP socket bound to local, marked
-// transparent (see transparent) when asked.
-func udpSocket(local netip.AddrPort, transparent, origDst bool) (int, error) {
+// udpSocket opens a non-blocking UDP socket with opts, bound to local when
+// it is valid.
+func udpSocket(local netip.AddrPort, opts ...sockopt) (int, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	opts := [][3]int{}
-	if transparent {
-		opts = append(opts, [3]int{unix.SOL_IP, unix.IP_TRANSPARENT, 1},
-			[3]int{unix.SOL_SOCKET, unix.SO_REUSEADDR, 1}, [3]int{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1})
-	}
-	if origDst {
-		// Queries wait here while the loop handles a batch; the default
-		// buffer overflowed under dnsperf.
-		opts = append(opts, [3]int{unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1}, [3]int{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer})
-	}
-	for _, o := range opts {
-		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("setsockopt %d/%d: %w", o[0], o[1], err)
-		}
+	if err := setsockopts(fd, opts...); err != nil {
+		unix.Close(fd)
+		return -1, err
 	}
 	if local.IsValid() {
 		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.Addr().As4(), Port: int(local.Port())}); err != nil {
@@ -88,14 +80,9 @@ func udpSocket(local netip.AddrPort, transparent, origDst bool) (int, error) {
 // dialUDP opens the socket to one server: connected, so that only its
 // answers arrive and an ICMP refusal comes back as an error.
 func dialUDP(server netip.AddrPort) (int, error) {
-	fd, err := udpSocket(netip.AddrPort{}, false, false)
+	fd, err := udpSocket(netip.AddrPort{}, bigReadBuffer)
 	if err != nil {
 		return -1, err
-	}
-	// Answers wait here while the loop handles a batch.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("setsockopt SO_RCVBUFFORCE %d: %w", udpReadBuffer, err)
 	}
 	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: server.Addr().As4(), Port: int(server.Port())}); err != nil {
 		unix.Close(fd)
@@ -103,6 +90,10 @@ func dialUDP(server netip.AddrPort) (int, error) {
 	}
 	return fd, nil
 }
+
+// bigReadBuffer sets udpReadBuffer with SO_RCVBUFFORCE (the proxy runs as
+// root), past net.core.rmem_max.
+var bigReadBuffer = sockopt{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer}
 
 // udpReadBuffer holds the queries (or answers) that wait for the loop: the
 // default (~200 small datagrams) overflowed when dnsperf kept 200 queries
@@ -113,7 +104,7 @@ const udpReadBuffer = 2 << 20
 // listenTCP opens the proxy's TCP listener; accepted connections carry the
 // original destination as their local address.
 func listenTCP(port uint16) (net.Listener, error) {
-	lc := net.ListenConfig{Control: transparent(true, false)}
+	lc := net.ListenConfig{Control: transparent}
 	l, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 	if err != nil {
 		return nil, fmt.Errorf("dns proxy: listen tcp :%d: %w", port, err)
@@ -157,7 +148,7 @@ func (r *replySockets) get(from netip.AddrPort) (int, error) {
 	if !from.Addr().Is4() {
 		return -1, fmt.Errorf("dns proxy: reply socket for %s: not IPv4", from)
 	}
-	fd, err := udpSocket(from, true, false)
+	fd, err := udpSocket(from, transparentOpts...)
 	if err != nil {
 		return -1, fmt.Errorf("dns proxy: reply socket for %s: %w", from, err)
 	}

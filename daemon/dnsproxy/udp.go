@@ -151,10 +151,9 @@ func (u *udpServer) run(ctx context.Context) {
 	u.closeAll()
 }
 
-// wake ends the loop.
+// wake ends the loop. (An eventfd takes any count but 0 and 2^64-1.)
 func (u *udpServer) wake() {
-	var one [8]byte
-	one[0] = 1 // native order on the machines Aegis runs on (little-endian)
+	one := [8]byte{1}
 	unix.Write(u.stop, one[:])
 }
 
@@ -174,14 +173,26 @@ func (u *udpServer) closeAll() {
 	u.ep, u.stop = -1, -1
 }
 
+// round is what one wakeup of the loop reads and gathers.
+type round struct {
+	queries, answers *inBatch
+	out              replies
+	touched          []*serverSock // servers with queries gathered
+	ids              batchIdentities
+}
+
+func (u *udpServer) newRound() *round {
+	return &round{
+		queries: newInBatch(batch, queryBuf, 128),
+		answers: newInBatch(batch, answerBuf, 0),
+		ids:     batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}},
+	}
+}
+
 // loop is the UDP path: it returns when stop is written.
 func (u *udpServer) loop() {
-	queries := newInBatch(batch, queryBuf, 128)
-	answers := newInBatch(batch, answerBuf, 0)
+	r := u.newRound()
 	events := make([]unix.EpollEvent, 64)
-	var out replies
-	var touched []*serverSock
-	ids := batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}}
 	lastReap := time.Now()
 	var spinUntil time.Time
 	for {
@@ -197,28 +208,12 @@ func (u *udpServer) loop() {
 			return
 		}
 		for _, ev := range events[:max(n, 0)] {
-			switch fd := int(ev.Fd); {
-			case fd == u.stop:
+			if !u.ready(ev.Fd, r) {
 				return
-			case fd == u.listen:
-				touched = u.readQueries(queries, &out, touched, ids)
-			default:
-				u.mu.Lock()
-				s := u.byFD[ev.Fd]
-				u.mu.Unlock()
-				if s != nil {
-					s.readAnswers(answers, &out)
-				}
 			}
 		}
 		now := time.Now()
-		for _, s := range touched {
-			s.lastUsed = now
-			s.send()
-		}
-		clear(touched)
-		touched = touched[:0]
-		out.flush(u)
+		u.finish(r, now)
 		switch inFlight := u.flying.Load(); {
 		case inFlight == 0 || inFlight > spinInFlight:
 			spinUntil = time.Time{}
@@ -238,17 +233,52 @@ func (u *udpServer) loop() {
 	}
 }
 
+// ready handles the socket fd that epoll found readable; false when it is
+// the stop eventfd.
+func (u *udpServer) ready(fd int32, r *round) bool {
+	switch int(fd) {
+	case u.stop:
+		return false
+	case u.listen:
+		u.readQueries(r)
+	default:
+		u.mu.Lock()
+		s := u.byFD[fd]
+		u.mu.Unlock()
+		if s != nil {
+			s.readAnswers(r.answers, &r.out)
+			// The answers point into r.answers, which the next server's
+			// read reuses: they go out first.
+			r.out.flush(u)
+		}
+	}
+	return true
+}
+
+// finish sends the queries r gathered to their servers and the answers
+// to the pods.
+func (u *udpServer) finish(r *round, now time.Time) {
+	for _, s := range r.touched {
+		s.lastUsed = now
+		s.send()
+	}
+	clear(r.touched)
+	r.touched = r.touched[:0]
+	r.out.flush(u)
+}
+
 // readQueries reads one batch of the pods' queries, decides them, gathers
-// the allowed ones on their servers' sockets (added to touched) and the
-// other answers in out.
-func (u *udpServer) readQueries(in *inBatch, out *replies, touched []*serverSock, ids batchIdentities) []*serverSock {
-	clear(ids.m)
+// the allowed ones on their servers' sockets (r.touched) and the other
+// answers in r.out.
+func (u *udpServer) readQueries(r *round) {
+	in, out := r.queries, &r.out
+	clear(r.ids.m)
 	n, err := in.recv(u.listen)
 	if err != nil {
 		if !errors.Is(err, unix.EAGAIN) {
 			u.p.log.Warn("dns proxy: read", "err", err)
 		}
-		return touched
+		return
 	}
 	for i := range n {
 		dst, ok := origDst(in.control(i))
@@ -265,7 +295,7 @@ func (u *udpServer) readQueries(in *inBatch, out *replies, touched []*serverSock
 			out.add(dst, src, formErr(query))
 			continue
 		}
-		reply, pq := u.p.decide(query, src, dst, policy.ProtoUDP, ids)
+		reply, pq := u.p.decide(query, src, dst, policy.ProtoUDP, r.ids)
 		if pq == nil {
 			if reply != nil {
 				out.add(dst, src, reply)
@@ -282,11 +312,10 @@ func (u *udpServer) readQueries(in *inBatch, out *replies, touched []*serverSock
 			continue
 		}
 		if s.out.len() == 0 {
-			touched = append(touched, s)
+			r.touched = append(r.touched, s)
 		}
 		s.out.add(wire, netip.AddrPort{})
 	}
-	return touched
 }
 
 // batchIdentities looks up each address once per batch: a batch is mostly
@@ -416,8 +445,8 @@ func (s *serverSock) take(id uint16) *flight {
 }
 
 // readAnswers reads one batch of s's answers, judges them and gathers
-// them in out, to go to the pods. The answers point into in: out is
-// flushed before in is read again.
+// them in out, to go to the pods. The answers point into in: the caller
+// flushes out before in is read again.
 func (s *serverSock) readAnswers(in *inBatch, out *replies) {
 	n, err := in.recv(s.fd)
 	switch {

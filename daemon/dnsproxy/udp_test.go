@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -234,7 +235,7 @@ func TestServerAnswersAndRefusals(t *testing.T) {
 	// proxy's, so it answers from a socket that lets the proxy's reply
 	// socket bind the same address.
 	server.Close()
-	lc := net.ListenConfig{Control: transparent(true, false)}
+	lc := net.ListenConfig{Control: transparent}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", serverAddr.String())
 	if err != nil {
 		t.Fatal(err)
@@ -260,5 +261,127 @@ func TestServerAnswersAndRefusals(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("SERVFAIL for a refusing server after %v; the timeout is 5s, refusal should be at once", d)
+	}
+}
+
+// TestAnswersOfTwoServersInOneRound: when one wakeup finds answers from
+// two servers, each answer reaches the pod as its server sent it, though
+// both servers' answers are read into the same buffers.
+func TestAnswersOfTwoServersInOneRound(t *testing.T) {
+	podIP := netip.MustParseAddr("127.0.0.2")
+	serverIPs := []netip.Addr{netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4")}
+	const podID, serverID = 1000, 2000
+	pod, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(podIP, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pod.Close()
+	podAddr := pod.LocalAddr().(*net.UDPAddr).AddrPort()
+	// The servers' sockets let the proxy's reply sockets bind their
+	// addresses too, as a server in a pod's namespace would.
+	lc := net.ListenConfig{Control: transparent}
+	var servers []net.PacketConn
+	var addrs []netip.AddrPort
+	for _, ip := range serverIPs {
+		pc, err := lc.ListenPacket(context.Background(), "udp4", netip.AddrPortFrom(ip, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		servers = append(servers, pc)
+		addrs = append(addrs, pc.LocalAddr().(*net.UDPAddr).AddrPort())
+	}
+	dp := fakeDP{podIP: podID, serverIPs[0]: serverID, serverIPs[1]: serverID}
+	p := newProxy(Config{UpstreamTimeout: 5 * time.Second}, dp, nil, nil, slog.New(slog.DiscardHandler))
+	p.SetPolicy(&policy.Result{DNS: map[uint32][]policy.DNSRule{podID: {{
+		Remotes: []uint32{serverID}, Ports: []policy.ProtoPort{{Proto: policy.ProtoUDP, Port: addrs[0].Port()}, {Proto: policy.ProtoUDP, Port: addrs[1].Port()}},
+		Patterns: []cnp.FQDNSelector{{MatchPattern: "*.example.test"}}, Cookie: 10,
+	}}}})
+	u, err := newUDPServer(p, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		u.closeAll()
+		p.replies.close()
+	}()
+
+	// Each server gets its query and answers it before the round begins.
+	var socks []*serverSock
+	for i, to := range addrs {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("s%d.example.test.", i), dns.TypeA)
+		m.Id = uint16(100 + i)
+		q, _ := m.Pack()
+		_, pq := p.decide(q, podAddr, to, policy.ProtoUDP, p.dp)
+		if pq == nil {
+			t.Fatalf("query to %s not allowed", to)
+		}
+		s, err := u.server(to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire, err := s.register(pq, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.out.add(wire, netip.AddrPort{})
+		s.send()
+		socks = append(socks, s)
+
+		buf := make([]byte, 512)
+		servers[i].SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := servers[i].ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("query did not reach server %d: %v", i, err)
+		}
+		var got dns.Msg
+		if err := got.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		r := new(dns.Msg)
+		r.SetReply(&got)
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: got.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, byte(1+i))})
+		out, _ := r.Pack()
+		if _, err := servers[i].WriteTo(out, from); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// One round in which epoll reported both servers.
+	r := u.newRound()
+	for _, s := range socks {
+		if !u.ready(int32(s.fd), r) {
+			t.Fatal("a server's socket taken for the stop signal")
+		}
+	}
+	u.finish(r, time.Now())
+
+	got := map[netip.AddrPort]*dns.Msg{}
+	for range addrs {
+		buf := make([]byte, 512)
+		pod.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := pod.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("answers at the pod: %d of 2: %v", len(got), err)
+		}
+		var m dns.Msg
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		got[from] = &m
+	}
+	for i, from := range addrs {
+		m := got[from]
+		if m == nil {
+			t.Fatalf("no answer from server %d (%s); got answers from %v", i, from, got)
+		}
+		wantName := fmt.Sprintf("s%d.example.test.", i)
+		if m.Id != uint16(100+i) || len(m.Question) != 1 || m.Question[0].Name != wantName || len(m.Answer) != 1 {
+			t.Fatalf("answer from server %d: id %d question %v answers %v; want id %d for %s", i, m.Id, m.Question, m.Answer, 100+i, wantName)
+		}
+		if a, ok := m.Answer[0].(*dns.A); !ok || !a.A.Equal(net.IPv4(192, 0, 2, byte(1+i))) {
+			t.Fatalf("answer from server %d: %v, want 192.0.2.%d", i, m.Answer[0], 1+i)
+		}
 	}
 }
