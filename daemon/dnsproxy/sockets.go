@@ -2,7 +2,6 @@ package dnsproxy
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -110,24 +109,6 @@ func listenTCP(port uint16) (net.Listener, error) {
 		return nil, fmt.Errorf("dns proxy: listen tcp :%d: %w", port, err)
 	}
 	return l, nil
-}
-
-// origDst reads IP_ORIGDSTADDR from a datagram's control messages: the
-// address and port the pod sent to.
-func origDst(oob []byte) (netip.AddrPort, bool) {
-	for len(oob) > 0 {
-		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
-		if err != nil {
-			return netip.AddrPort{}, false
-		}
-		if h.Level == unix.SOL_IP && h.Type == unix.IP_ORIGDSTADDR && len(data) >= 8 {
-			port := binary.BigEndian.Uint16(data[2:4])
-			addr := netip.AddrFrom4([4]byte(data[4:8]))
-			return netip.AddrPortFrom(addr, port), true
-		}
-		oob = rest
-	}
-	return netip.AddrPort{}, false
 }
 
 // replySockets hands out UDP sockets bound to a server's address, so an

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/aegis-cni/aegis/daemon/mmsg"
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
@@ -85,7 +86,7 @@ type serverSock struct {
 	// Only the loop uses these: lastUsed is when it last sent a query on
 	// the socket, out the queries it gathered for it from one batch.
 	lastUsed time.Time
-	out      outBatch
+	out      mmsg.Out
 
 	mu     sync.Mutex
 	flying map[uint16]*flight
@@ -175,7 +176,7 @@ func (u *udpServer) closeAll() {
 
 // round is what one wakeup of the loop reads and gathers.
 type round struct {
-	queries, answers *inBatch
+	queries, answers *mmsg.In
 	out              replies
 	touched          []*serverSock // servers with queries gathered
 	ids              batchIdentities
@@ -183,8 +184,8 @@ type round struct {
 
 func (u *udpServer) newRound() *round {
 	return &round{
-		queries: newInBatch(batch, queryBuf, 128),
-		answers: newInBatch(batch, answerBuf, 0),
+		queries: mmsg.NewIn(batch, queryBuf, 128),
+		answers: mmsg.NewIn(batch, answerBuf, 0),
 		ids:     batchIdentities{dp: u.p.dp, m: map[netip.Addr]uint32{}},
 	}
 }
@@ -273,7 +274,7 @@ func (u *udpServer) finish(r *round, now time.Time) {
 func (u *udpServer) readQueries(r *round) {
 	in, out := r.queries, &r.out
 	clear(r.ids.m)
-	n, err := in.recv(u.listen)
+	n, err := in.Recv(u.listen)
 	if err != nil {
 		if !errors.Is(err, unix.EAGAIN) {
 			u.p.log.Warn("dns proxy: read", "err", err)
@@ -281,14 +282,14 @@ func (u *udpServer) readQueries(r *round) {
 		return
 	}
 	for i := range n {
-		dst, ok := origDst(in.control(i))
-		src, isV4 := in.from(i)
+		dst, ok := mmsg.OrigDst(in.Control(i))
+		src, isV4 := in.From(i)
 		if !ok || !isV4 {
 			u.p.stats.Malformed.Add(1)
 			continue
 		}
-		query := in.data(i)
-		if in.truncated(i) {
+		query := in.Data(i)
+		if in.Truncated(i) {
 			// Longer than any query a resolver sends: the header is
 			// there, the rest is not.
 			u.p.stats.Malformed.Add(1)
@@ -311,10 +312,10 @@ func (u *udpServer) readQueries(r *round) {
 			out.answer(pq, u.p.judge(pq, nil, err))
 			continue
 		}
-		if s.out.len() == 0 {
+		if s.out.Len() == 0 {
 			r.touched = append(r.touched, s)
 		}
-		s.out.add(wire, netip.AddrPort{})
+		s.out.Add(wire, netip.AddrPort{})
 	}
 }
 
@@ -425,7 +426,7 @@ func (s *serverSock) register(pq *pendingQuery, query []byte) ([]byte, error) {
 // send writes the queries gathered in s.out to the server; those the
 // socket refuses fail at once.
 func (s *serverSock) send() {
-	if err := s.out.send(s.fd); err != nil {
+	if err := s.out.Send(s.fd); err != nil {
 		s.u.p.log.Debug("dns proxy: send", "server", s.server, "err", err)
 		s.failAll(fmt.Errorf("send to %s: %w", s.server, err))
 	}
@@ -447,8 +448,8 @@ func (s *serverSock) take(id uint16) *flight {
 // readAnswers reads one batch of s's answers, judges them and gathers
 // them in out, to go to the pods. The answers point into in: the caller
 // flushes out before in is read again.
-func (s *serverSock) readAnswers(in *inBatch, out *replies) {
-	n, err := in.recv(s.fd)
+func (s *serverSock) readAnswers(in *mmsg.In, out *replies) {
+	n, err := in.Recv(s.fd)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		return
@@ -462,7 +463,7 @@ func (s *serverSock) readAnswers(in *inBatch, out *replies) {
 		return
 	}
 	for i := range n {
-		raw := in.data(i)
+		raw := in.Data(i)
 		if len(raw) < 12 {
 			continue
 		}
@@ -470,7 +471,7 @@ func (s *serverSock) readAnswers(in *inBatch, out *replies) {
 		if f == nil {
 			continue
 		}
-		if in.truncated(i) {
+		if in.Truncated(i) {
 			out.answer(f.pq, s.u.p.judge(f.pq, nil, errors.New("answer over 64 KiB")))
 			continue
 		}
@@ -564,7 +565,7 @@ func (u *udpServer) sweep(ctx context.Context) {
 // to send each group in one system call from the socket bound to it, and
 // the allowed queries they answer, reported once the answers are out.
 type replies struct {
-	by       map[netip.AddrPort]*outBatch
+	by       map[netip.AddrPort]*mmsg.Out
 	answered []*pendingQuery
 }
 
@@ -579,28 +580,28 @@ func (r *replies) add(from, to netip.AddrPort, b []byte) {
 		return
 	}
 	if r.by == nil {
-		r.by = map[netip.AddrPort]*outBatch{}
+		r.by = map[netip.AddrPort]*mmsg.Out{}
 	}
 	ob := r.by[from]
 	if ob == nil {
-		ob = &outBatch{}
+		ob = &mmsg.Out{}
 		r.by[from] = ob
 	}
-	ob.add(b, to)
+	ob.Add(b, to)
 }
 
 func (r *replies) flush(u *udpServer) {
 	for from, ob := range r.by {
-		if ob.len() == 0 {
+		if ob.Len() == 0 {
 			continue
 		}
 		fd, err := u.p.replies.get(from)
 		if err != nil {
 			u.p.log.Warn("dns proxy: reply", "err", err)
-			ob.reset()
+			ob.Reset()
 			continue
 		}
-		if err := ob.send(fd); err != nil {
+		if err := ob.Send(fd); err != nil {
 			u.p.log.Warn("dns proxy: reply", "from", from, "err", err)
 		}
 	}

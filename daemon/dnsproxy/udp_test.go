@@ -198,7 +198,7 @@ func TestServerAnswersAndRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.out.add(wire, netip.AddrPort{})
+		s.out.Add(wire, netip.AddrPort{})
 		s.send()
 	}
 	answerAtPod := func() (*dns.Msg, netip.AddrPort) {
@@ -325,7 +325,7 @@ func TestAnswersOfTwoServersInOneRound(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.out.add(wire, netip.AddrPort{})
+		s.out.Add(wire, netip.AddrPort{})
 		s.send()
 		socks = append(socks, s)
 

@@ -49,11 +49,7 @@ func BenchmarkHTTPProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer relay.stop()
-	maps, err := bpf.OpenMaps(bpf.Paths{Root: n.BPFRoot})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer maps.Close()
+	maps := openMaps(b, n)
 
 	b.ResetTimer()
 	for range b.N {
@@ -138,6 +134,16 @@ func runWrk(b *testing.B, client *node.Pod, url string) (float64, time.Duration,
 
 // relayPort is where the relay listens in the node's namespace.
 const relayPort = 18080
+
+// openMaps opens the node's pinned maps until the benchmark ends.
+func openMaps(b *testing.B, n *node.Node) *bpf.Maps {
+	m, err := bpf.OpenMaps(bpf.Paths{Root: n.BPFRoot})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return m
+}
 
 // proxyPorts reads the ports the datapath hands DNS and HTTP to.
 func proxyPorts(b *testing.B, m *bpf.Maps) (dns, http uint16) {

@@ -1,6 +1,14 @@
-package dnsproxy
+// Package mmsg moves IPv4 UDP datagrams in batches, with recvmmsg and
+// sendmmsg on sockets Go's poller does not know: the DNS proxy's UDP loop
+// (dnsproxy/udp.go says why it owns its sockets) and the benchmark's relay
+// that bounds it. The calls never block (MSG_DONTWAIT) and are made as raw
+// system calls: a batch's send runs the receivers' softirqs inline and can
+// take tens of microseconds, long enough for the Go runtime to hand the
+// thread's processor to another thread if it were told the call had begun.
+package mmsg
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,15 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The UDP path moves datagrams in batches with its own recvmmsg and
-// sendmmsg on sockets Go's poller does not know (udp.go says why). The
-// calls never block (MSG_DONTWAIT) and are made as raw system calls: a
-// batch's send runs the receivers' softirqs inline and can take tens of
-// microseconds, long enough for the Go runtime to hand the thread's
-// processor to another thread if it were told the call had begun.
-
-// inBatch is a reusable set of receive buffers.
-type inBatch struct {
+// In is a reusable set of receive buffers.
+type In struct {
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet4
@@ -25,8 +26,10 @@ type inBatch struct {
 	oob   [][]byte
 }
 
-func newInBatch(count, size, oobSize int) *inBatch {
-	b := &inBatch{
+// NewIn makes count buffers of size bytes, each with oobSize bytes for
+// control messages.
+func NewIn(count, size, oobSize int) *In {
+	b := &In{
 		hdrs:  make([]unix.Mmsghdr, count),
 		iovs:  make([]unix.Iovec, count),
 		names: make([]unix.RawSockaddrInet4, count),
@@ -49,9 +52,9 @@ func newInBatch(count, size, oobSize int) *inBatch {
 	return b
 }
 
-// recv reads up to a batch of the datagrams waiting on fd: 0 and EAGAIN
+// Recv reads up to a batch of the datagrams waiting on fd: 0 and EAGAIN
 // when none waits.
-func (b *inBatch) recv(fd int) (int, error) {
+func (b *In) Recv(fd int) (int, error) {
 	for i := range b.hdrs {
 		h := &b.hdrs[i].Hdr
 		h.Namelen = unix.SizeofSockaddrInet4
@@ -70,14 +73,14 @@ func (b *inBatch) recv(fd int) (int, error) {
 	}
 }
 
-// data is datagram i's payload, truncated says whether it was longer than
-// its buffer, control is its control messages.
-func (b *inBatch) data(i int) []byte    { return b.bufs[i][:b.hdrs[i].Len] }
-func (b *inBatch) truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
-func (b *inBatch) control(i int) []byte { return b.oob[i][:b.hdrs[i].Hdr.Controllen] }
+// Data is datagram i's payload, Truncated says whether it was longer than
+// its buffer, Control is its control messages.
+func (b *In) Data(i int) []byte    { return b.bufs[i][:b.hdrs[i].Len] }
+func (b *In) Truncated(i int) bool { return b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
+func (b *In) Control(i int) []byte { return b.oob[i][:b.hdrs[i].Hdr.Controllen] }
 
-// from is datagram i's sender, false when it is not IPv4.
-func (b *inBatch) from(i int) (netip.AddrPort, bool) {
+// From is datagram i's sender, false when it is not IPv4.
+func (b *In) From(i int) (netip.AddrPort, bool) {
 	sa := &b.names[i]
 	if b.hdrs[i].Hdr.Namelen < unix.SizeofSockaddrInet4 || sa.Family != unix.AF_INET {
 		return netip.AddrPort{}, false
@@ -85,9 +88,9 @@ func (b *inBatch) from(i int) (netip.AddrPort, bool) {
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port)), true
 }
 
-// outBatch gathers datagrams for one socket, to send in as few calls as
+// Out gathers datagrams for one socket, to send in as few calls as
 // the kernel takes them.
-type outBatch struct {
+type Out struct {
 	payloads [][]byte
 	to       []netip.AddrPort // zero: the socket's connected peer
 	hdrs     []unix.Mmsghdr
@@ -95,7 +98,8 @@ type outBatch struct {
 	names    []unix.RawSockaddrInet4
 }
 
-func (b *outBatch) add(payload []byte, to netip.AddrPort) {
+// Add queues payload for to (zero: the socket's connected peer).
+func (b *Out) Add(payload []byte, to netip.AddrPort) {
 	if len(payload) == 0 {
 		return
 	}
@@ -103,17 +107,18 @@ func (b *outBatch) add(payload []byte, to netip.AddrPort) {
 	b.to = append(b.to, to)
 }
 
-func (b *outBatch) len() int { return len(b.payloads) }
+// Len is how many datagrams are queued.
+func (b *Out) Len() int { return len(b.payloads) }
 
 // sendWait bounds how long a send waits for room in a full socket buffer
 // (a veth's peer behind), each time it finds none.
 const sendWait = 100 // ms
 
-// send writes the datagrams gathered on fd and empties b, keeping its
+// Send writes the datagrams gathered on fd and empties b, keeping its
 // memory. It returns the first error that stopped it; the datagrams not
 // sent by then are dropped, as a full network would drop them.
-func (b *outBatch) send(fd int) error {
-	defer b.reset()
+func (b *Out) Send(fd int) error {
+	defer b.Reset()
 	n := len(b.payloads)
 	if n == 0 {
 		return nil
@@ -155,7 +160,8 @@ func (b *outBatch) send(fd int) error {
 	return nil
 }
 
-func (b *outBatch) reset() {
+// Reset drops the datagrams queued, keeping the memory.
+func (b *Out) Reset() {
 	clear(b.payloads)
 	b.payloads, b.to = b.payloads[:0], b.to[:0]
 }
@@ -179,4 +185,22 @@ func htons(p uint16) uint16 {
 	b := (*[2]byte)(unsafe.Pointer(&out))
 	b[0], b[1] = byte(p>>8), byte(p)
 	return out
+}
+
+// OrigDst reads IP_ORIGDSTADDR from a datagram's control messages: the
+// address and port it was sent to, on a transparent socket.
+func OrigDst(oob []byte) (netip.AddrPort, bool) {
+	for len(oob) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		if h.Level == unix.SOL_IP && h.Type == unix.IP_ORIGDSTADDR && len(data) >= 8 {
+			port := binary.BigEndian.Uint16(data[2:4])
+			addr := netip.AddrFrom4([4]byte(data[4:8]))
+			return netip.AddrPortFrom(addr, port), true
+		}
+		oob = rest
+	}
+	return netip.AddrPort{}, false
 }
