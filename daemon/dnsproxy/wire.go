@@ -40,7 +40,18 @@ func appendFrame(b []byte, ev *observe.L7Event) ([]byte, error) {
 	case ev.HTTP != nil && ev.DNS == nil:
 		return appendBinaryFrame(b, frameHTTP, func(b []byte) []byte { return appendHTTPEvent(b, ev.HTTP) })
 	}
-	j, err := json.Marshal(ev)
+	// Copies go to the encoder, which keeps what it is given: the binary
+	// kinds' events can then stay on their callers' stacks.
+	var e observe.L7Event
+	if ev.DNS != nil {
+		d := *ev.DNS
+		e.DNS = &d
+	}
+	if ev.HTTP != nil {
+		h := *ev.HTTP
+		e.HTTP = &h
+	}
+	j, err := json.Marshal(&e)
 	if err != nil {
 		return b, fmt.Errorf("encode l7 event: %w", err)
 	}

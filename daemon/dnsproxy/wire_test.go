@@ -26,7 +26,8 @@ func TestEventFramesRoundTrip(t *testing.T) {
 	httpFull := observe.HTTPEvent{Time: time.Unix(1700000000, 5), Src: podAddr, Dst: serverAddr, SrcIdentity: podID, DstIdentity: serverID,
 		Verdict: flow.Verdict_FORWARDED, Direction: flow.TrafficDirection_INGRESS, Cookie: 12, Response: true, Method: "PROPFIND",
 		URL: "http://api.example.test:8080/v1/x?y=1", Protocol: "HTTP/1.1", Code: 207, Latency: 3 * time.Millisecond}
-	in := []observe.L7Event{{DNS: &dnsEv}, {HTTP: &http}, {DNS: &v6}, {HTTP: &httpFull}}
+	// The last, with both kinds set, is of no binary kind: a JSON frame.
+	in := []observe.L7Event{{DNS: &dnsEv}, {HTTP: &http}, {DNS: &v6}, {HTTP: &httpFull}, {DNS: &dnsEv, HTTP: &http}}
 	var stream []byte
 	for i := range in {
 		var err error

@@ -91,7 +91,7 @@ func (n *dnsNames) learn(f *flow.Flow, now time.Time) {
 			continue
 		}
 		// A new slice each time: flows already built share the old one.
-		merged := append([]string(nil), names...)
+		merged := append(make([]string, 0, min(len(names)+len(e.names), max(namesPerIP, len(names)))), names...)
 		for _, old := range e.names {
 			if len(merged) < namesPerIP && !slices.Contains(merged, old) && e.expires.After(now) {
 				merged = append(merged, old)
