@@ -192,6 +192,14 @@ func (u *udpServer) newRound() *round {
 
 // loop is the UDP path: it returns when stop is written.
 func (u *udpServer) loop() {
+	// The loop keeps one thread of its own. Unlocked, the runtime may
+	// resume it on another thread after a wait, and run the goroutines it
+	// woke (the events' writer) on the one it left. Over six alternating
+	// pairs of benchmark runs, locked it proxied 33.1k queries/s (median)
+	// against 27.1k; 0.71-0.82 of the bare relay's rate against 0.59-0.69
+	// in the three pairs that printed it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	r := u.newRound()
 	events := make([]unix.EpollEvent, 64)
 	lastReap := time.Now()
