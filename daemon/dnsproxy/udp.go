@@ -492,11 +492,10 @@ func (s *serverSock) readAnswers(in *mmsg.In, out *replies) {
 // sleeps, when one or two queries wait for their answer: on this kind of
 // machine a sleeping thread takes 50-100 us to wake (an idle virtual CPU
 // has to be woken), more than a server on the node takes to answer, and
-// a proxy that slept through each answer added 255-260 us at low rates
-// instead of ~100 (on a day this machine woke threads faster, polling
-// gained little: see the README's benchmarks). Under load, with more queries in flight, answers arrive
-// faster than a wakeup takes anyway, and polling would only take CPU the
-// servers need.
+// a proxy that sleeps through each answer adds that wake-up to every
+// query at low rates (the README's benchmarks give the figures). Under
+// load, with more queries in flight, answers arrive faster than a wakeup
+// takes anyway, and polling would only take CPU the servers need.
 const (
 	spinFor      = 200 * time.Microsecond
 	spinInFlight = 2
