@@ -152,11 +152,14 @@ type conn struct {
 	info  connInfo
 	route route
 	br    *bufio.Reader // held for the connection's life
-	bw    *bufio.Writer // lent per request
-	head  []byte
-	req   requestHead
-	resp  responseHead
-	idle  atomic.Bool // waiting for a request: shutdown may close it
+	// pre: what the loop read of the client before it gave the
+	// connection back, read before the connection (br reads it).
+	pre  *prefixReader
+	bw   *bufio.Writer // lent per request
+	head []byte
+	req  requestHead
+	resp responseHead
+	idle atomic.Bool // waiting for a request: shutdown may close it
 
 	mu sync.Mutex // guards up (shutdown closes it) and gotHead
 	up *upConn
@@ -180,6 +183,9 @@ type upConn struct {
 	br   *bufio.Reader // lent per request
 	bw   *bufio.Writer // lent per request with a body
 	head []byte
+	// pre: what the loop read of the server before it gave the
+	// connection back, read before the connection.
+	pre *prefixReader
 	// used: it carried a request, so the server may have closed it since.
 	used bool
 	// idle bounds a write's stall (upWriter).
@@ -198,25 +204,44 @@ func (p *Proxy) serveConn(nc net.Conn, info connInfo) {
 	p.conns[c] = struct{}{}
 	p.wg.Add(1)
 	p.mu.Unlock()
-	go c.serve()
+	go c.serve(nil)
 }
 
-func (c *conn) serve() {
-	defer c.end()
-	for c.serveRequest() {
-		if c.p.closing.Load() {
+// serve serves the connection's requests, after next (a request the
+// loop began, see loop.go) when there is one.
+func (c *conn) serve(next func() bool) {
+	if next != nil && !next() {
+		c.end()
+		return
+	}
+	for !c.p.closing.Load() {
+		switch c.awaitRequest() {
+		case awaitLoop:
+			return // the loop has the connection now
+		case awaitEnd:
+			c.end()
 			return
 		}
+		if !c.serveRequest() {
+			break
+		}
 	}
+	c.end()
 }
 
-// end closes the connection and its upstream connection.
+// end closes the connection and its upstream connection (the loop closed
+// its descriptors already when the connection ends there).
 func (c *conn) end() {
 	c.closeUpstream()
-	_ = c.nc.Close()
+	if c.nc != nil {
+		_ = c.nc.Close()
+	}
 	c.releaseBuffers()
-	c.br.Reset(nil)
-	clientReaders.Put(c.br)
+	if c.br != nil {
+		c.br.Reset(nil)
+		clientReaders.Put(c.br)
+		c.br, c.pre = nil, nil
+	}
 	p := c.p
 	p.mu.Lock()
 	delete(p.conns, c)
@@ -226,8 +251,10 @@ func (c *conn) end() {
 
 // kill ends the connection from another goroutine (shutdown).
 func (c *conn) kill() {
-	_ = c.nc.Close()
 	c.mu.Lock()
+	if c.nc != nil {
+		_ = c.nc.Close()
+	}
 	if c.up != nil {
 		_ = c.up.nc.Close()
 	}
@@ -254,7 +281,7 @@ func (c *conn) releaseBuffers() {
 		return
 	}
 	if up.br != nil {
-		if up.br.Buffered() > 0 {
+		if up.br.Buffered() > 0 || up.pre.pending() {
 			c.closeUpstream()
 			return
 		}
@@ -290,29 +317,51 @@ func (c *conn) closeUpstream() {
 	}
 }
 
-// awaitRequest waits up to IdleTimeout for the next request to start.
-func (c *conn) awaitRequest() bool {
-	if c.br.Buffered() > 0 {
-		return true // pipelined
+type waitResult int8
+
+const (
+	awaitRequest waitResult = iota // a request began
+	awaitEnd                       // the client left, timed out, or shutdown
+	awaitLoop                      // the loop waits for it now (loop.go)
+)
+
+// awaitRequest waits up to IdleTimeout for the next request to start, or
+// hands a kept-alive connection to the loop to wait there.
+func (c *conn) awaitRequest() waitResult {
+	if c.br.Buffered() > 0 || c.pre.pending() {
+		return awaitRequest // pipelined
 	}
 	c.releaseBuffers()
+	if c.p.adopt(c) {
+		return awaitLoop
+	}
 	c.idle.Store(true)
 	defer c.idle.Store(false)
 	// Shutdown sets closing, then closes the idle connections: one of the
 	// two sees the other.
 	if c.p.closing.Load() {
-		return false
+		return awaitEnd
 	}
 	c.dl.set(time.Now().Add(c.p.cfg.IdleTimeout))
-	_, err := c.br.Peek(1)
-	return err == nil
+	if _, err := c.br.Peek(1); err != nil {
+		return awaitEnd
+	}
+	return awaitRequest
+}
+
+// requestEvent is the flow of the request just parsed, and its decision.
+func (c *conn) requestEvent(d Decision) observe.HTTPEvent {
+	r := &c.req
+	ev := observe.HTTPEvent{Time: time.Now(), Src: c.info.src, Dst: c.info.dst, SrcIdentity: c.info.srcID, DstIdentity: c.info.dstID,
+		Method: r.view.Method, URL: r.url, Protocol: r.proto, Direction: flow.TrafficDirection_EGRESS, Cookie: d.Cookie}
+	if d.Dir == policy.Ingress {
+		ev.Direction = flow.TrafficDirection_INGRESS
+	}
+	return ev
 }
 
 // serveRequest serves one request; false ends the connection.
 func (c *conn) serveRequest() bool {
-	if !c.awaitRequest() {
-		return false
-	}
 	p := c.p
 	// From the first byte, the whole head within HeaderTimeout: a client
 	// trickling its head (slowloris) is cut off. A head that came whole
@@ -337,14 +386,8 @@ func (c *conn) serveRequest() bool {
 		return false
 	}
 	r := &c.req
-	start := time.Now()
-	ev := observe.HTTPEvent{Time: start, Src: c.info.src, Dst: c.info.dst, SrcIdentity: c.info.srcID, DstIdentity: c.info.dstID,
-		Method: r.view.Method, URL: r.url, Protocol: r.proto}
 	d := p.m.decide(p.res.Load(), c.info.srcID, c.info.dstID, c.info.dst.Port(), &r.view)
-	ev.Direction, ev.Cookie = flow.TrafficDirection_EGRESS, d.Cookie
-	if d.Dir == policy.Ingress {
-		ev.Direction = flow.TrafficDirection_INGRESS
-	}
+	ev := c.requestEvent(d)
 	if !d.Allowed {
 		p.Denied.Add(1)
 		ev.Verdict = flow.Verdict_DROPPED
@@ -432,6 +475,15 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		up.dl.set(time.Now().Add(responseHeadTimeout))
 		_, err = upWriter{up}.Write(r.raw)
 	}
+	return c.awaitResponse(ev, up, retryable, err)
+}
+
+// awaitResponse reads the response to the request sent on up (err: why
+// sending it failed), sending it once more on a new connection when
+// retryable and the kept-alive one turns out closed, and forwards it;
+// false ends the connection.
+func (c *conn) awaitResponse(ev observe.HTTPEvent, up *upConn, retryable bool, err error) bool {
+	r := &c.req
 	for {
 		if err == nil {
 			err = c.readResponseHead(up)
@@ -480,6 +532,13 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		}
 		return c.fail(ev, err, !r.hasBody() && !r.framing.close)
 	}
+	return c.relayResponse(ev, up)
+}
+
+// relayResponse forwards the response whose head is in c.resp; false
+// ends the connection.
+func (c *conn) relayResponse(ev observe.HTTPEvent, up *upConn) bool {
+	r := &c.req
 	if c.resp.code == http.StatusSwitchingProtocols && !r.upgrade {
 		// The bytes after it would pass unjudged: a server may switch
 		// only when asked to (RFC 9110 7.8).
@@ -511,7 +570,15 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 	if _, err := c.bw.Write(c.resp.raw); err != nil {
 		return c.abort()
 	}
-	f := c.resp.framing
+	return c.relayBody(up, c.resp.framing.length)
+}
+
+// relayBody forwards the body of the response in c.resp (of a fixed
+// length: its last remaining bytes) and ends the exchange; false ends the
+// connection.
+func (c *conn) relayBody(up *upConn, remaining int64) bool {
+	r, code, f := &c.req, c.resp.code, c.resp.framing
+	var err error
 	untilClose := false
 	switch {
 	case r.view.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified:
@@ -521,7 +588,7 @@ func (c *conn) forward(ev observe.HTTPEvent) bool {
 		untilClose = true
 		err = copyToEOF(c.bw, up.br)
 	case f.length >= 0:
-		err = copyFixed(c.bw, up.br, f.length)
+		err = copyFixed(c.bw, up.br, remaining)
 	default:
 		untilClose = true
 		err = copyToEOF(c.bw, up.br)
@@ -664,7 +731,11 @@ func (c *conn) upstream(check bool) (*upConn, error) {
 func (c *conn) lendUpstream(up *upConn) {
 	if up.br == nil {
 		up.br = readers.Get().(*bufio.Reader)
-		up.br.Reset(up.nc)
+		if up.pre != nil {
+			up.br.Reset(up.pre)
+		} else {
+			up.br.Reset(up.nc)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,8 @@ type step struct {
 	accept       bool
 	hangUp       bool
 	pause        time.Duration
+	// quiet (server only): nothing comes for a moment.
+	quiet bool
 }
 
 func send(s string) step   { return step{send: s} }
@@ -224,6 +227,12 @@ func (s step) run(c net.Conn, br *bufio.Reader, accept func() error) error {
 		return accept()
 	case s.hangUp:
 		return c.Close()
+	case s.quiet:
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		b := make([]byte, 256)
+		if n, _ := c.Read(b); n > 0 {
+			return fmt.Errorf("the server got %q", b[:n])
+		}
 	case s.send != "":
 		_, err := io.WriteString(c, s.send)
 		return err
@@ -279,38 +288,73 @@ func runClient(t *testing.T, c net.Conn, script []step, closed bool) {
 
 func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "connection reset") }
 
+// warmUp is a first exchange on a connection: after it, the connection
+// waits for its next request in the loop.
+var warmUp = []step{send("GET /warm HTTP/1.1\r\nHost: x\r\n\r\n"), expect(okResp)}
+var warmUpServer = []step{expect("GET /warm HTTP/1.1\r\nHost: x\r\n\r\n"), send(okResp)}
+
+// proxyModes are the ways a case runs: every connection on its goroutine;
+// as the proxy runs (the loop takes a kept-alive connection after its
+// first request); and after a first exchange, so that the case's requests
+// begin in the loop.
+var proxyModes = []string{"goroutines", "default", "in the loop"}
+
+// TestFraming runs every framing case in each mode.
 func TestFraming(t *testing.T) {
-	for _, tc := range framingCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			p := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, nil)
-			p.SetPolicy(allowSome)
-			dst, errc, accepts := scriptedServer(t, tc.server)
-			runClient(t, through(t, p, freeAddr(t, "127.0.0.2"), dst), tc.client, tc.closed)
-			if len(tc.server) > 0 {
-				if err := <-errc; err != nil {
-					t.Error(err)
+	for _, mode := range proxyModes {
+		for _, tc := range framingCases() {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) {
+				p := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, nil)
+				p.noLoop = mode == "goroutines"
+				p.SetPolicy(allowSome)
+				client, server, calls := tc.client, tc.server, 0
+				if mode == "in the loop" {
+					client = append(slices.Clone(warmUp), client...)
+					server = append(slices.Clone(warmUpServer), server...)
+					calls = 1
+					if len(tc.server) == 0 {
+						server = append(server, step{quiet: true})
+					}
 				}
-			} else {
-				select {
-				case err := <-errc:
-					t.Error(err)
-				case <-time.After(50 * time.Millisecond):
+				dst, errc, accepts := scriptedServer(t, server)
+				runClient(t, through(t, p, freeAddr(t, "127.0.0.2"), dst), client, tc.closed)
+				if len(server) > 0 {
+					if err := <-errc; err != nil {
+						t.Error(err)
+					}
+				} else {
+					select {
+					case err := <-errc:
+						t.Error(err)
+					case <-time.After(50 * time.Millisecond):
+					}
 				}
-				if *accepts != 0 {
-					t.Error("the server was called")
+				if len(tc.server) == 0 && *accepts != calls {
+					t.Errorf("the server was called %d times, want %d", *accepts, calls)
 				}
-			}
-		})
+				if mode == "in the loop" && p.adopted.Load() == 0 {
+					t.Error("the connection never came to the loop")
+				}
+			})
+		}
 	}
-	for _, tc := range badChunks {
-		t.Run("bad chunked body: "+tc.name, func(t *testing.T) {
-			p := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, nil)
-			head := "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-			// The server may see the head and the body up to the bad
-			// part, then the proxy ends the connection; it says nothing.
-			dst, _, _ := scriptedServer(t, []step{{pause: time.Second}})
-			runClient(t, through(t, p, freeAddr(t, "127.0.0.2"), dst), []step{send(head + tc.body), status(400)}, true)
-		})
+	for _, mode := range proxyModes {
+		for _, tc := range badChunks {
+			t.Run(mode+"/bad chunked body: "+tc.name, func(t *testing.T) {
+				p := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, nil)
+				p.noLoop = mode == "goroutines"
+				head := "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+				// The server may see the head and the body up to the bad
+				// part, then the proxy ends the connection; it says nothing.
+				client, server := []step{send(head + tc.body), status(400)}, []step{{pause: time.Second}}
+				if mode == "in the loop" {
+					client = append(slices.Clone(warmUp), client...)
+					server = append(slices.Clone(warmUpServer), server...)
+				}
+				dst, _, _ := scriptedServer(t, server)
+				runClient(t, through(t, p, freeAddr(t, "127.0.0.2"), dst), client, true)
+			})
+		}
 	}
 }
 
@@ -389,9 +433,9 @@ func TestLargeBodies(t *testing.T) {
 	}
 }
 
-// TestEvents: an allowed request is one response event, a denied one a
-// request and a response event, with the request's method and URL.
-func TestEvents(t *testing.T) {
+// eventProxy is a test proxy with allowSome's rules whose events are
+// collected: events returns them so far.
+func eventProxy(t *testing.T) (*Proxy, func() []observe.HTTPEvent) {
 	var mu sync.Mutex
 	var evs []observe.HTTPEvent
 	p := newTestProxy(t, func(netip.Addr) (bool, error) { return false, nil }, func(ev observe.HTTPEvent) {
@@ -400,13 +444,22 @@ func TestEvents(t *testing.T) {
 		mu.Unlock()
 	})
 	p.SetPolicy(allowSome)
+	return p, func() []observe.HTTPEvent {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(evs)
+	}
+}
+
+// TestEvents: an allowed request is one response event, a denied one a
+// request and a response event, with the request's method and URL.
+func TestEvents(t *testing.T) {
+	p, events := eventProxy(t)
 	dst, _, _ := scriptedServer(t, []step{expect("GET /a?q HTTP/1.1\r\nHost: h:1\r\n\r\n"), send(okResp)})
 	runClient(t, through(t, p, freeAddr(t, "127.0.0.2"), dst), []step{
 		send("GET /a?q HTTP/1.1\r\nHost: h:1\r\n\r\n"), expect(okResp),
 		send("DELETE /403 HTTP/1.1\r\nHost: h:1\r\n\r\n"), status(403),
 	}, false)
-	mu.Lock()
-	defer mu.Unlock()
 	type summary struct {
 		resp    bool
 		verdict flow.Verdict
@@ -415,7 +468,7 @@ func TestEvents(t *testing.T) {
 		code    uint32
 	}
 	var got []summary
-	for _, ev := range evs {
+	for _, ev := range events() {
 		got = append(got, summary{ev.Response, ev.Verdict, ev.Method, ev.URL, ev.Code})
 		if ev.Protocol != "HTTP/1.1" || ev.Dst != dst || ev.Direction != flow.TrafficDirection_EGRESS || ev.Cookie != 1 || ev.Response && ev.Latency <= 0 {
 			t.Errorf("event %+v", ev)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aegis-cni/aegis/daemon/policy"
 	"github.com/aegis-cni/aegis/daemon/policy/cnp"
@@ -15,8 +16,23 @@ import (
 // matched against the whole value, as Cilium matches them; an empty one
 // matches anything.
 type Rule struct {
-	method, path, host *regexp.Regexp
+	method, path, host *pattern
 	headers            []header
+}
+
+// pattern is an anchored expression; one that is a plain literal ("GET",
+// "/") compares as a string, which is most rules and much cheaper.
+type pattern struct {
+	re      *regexp.Regexp
+	literal string
+	plain   bool
+}
+
+func (p *pattern) match(s string) bool {
+	if p.plain {
+		return s == p.literal
+	}
+	return p.re.MatchString(s)
 }
 
 type header struct {
@@ -25,11 +41,20 @@ type header struct {
 	check bool   // compare the value
 }
 
-func anchored(expr string) (*regexp.Regexp, error) {
+func anchored(expr string) (*pattern, error) {
 	if expr == "" {
 		return nil, nil
 	}
-	return regexp.Compile("^(?:" + expr + ")$")
+	re, err := regexp.Compile("^(?:" + expr + ")$")
+	if err != nil {
+		return nil, err
+	}
+	p := &pattern{re: re}
+	// The whole expression a literal: a match is the same string.
+	if un, err := regexp.Compile(expr); err == nil {
+		p.literal, p.plain = un.LiteralPrefix()
+	}
+	return p, nil
 }
 
 // Compile compiles one rule of a policy (validated already).
@@ -93,13 +118,13 @@ type Field struct {
 
 // Matches reports whether the request satisfies every part of the rule.
 func (c *Rule) Matches(r *Request) bool {
-	if c.method != nil && !c.method.MatchString(r.Method) {
+	if c.method != nil && !c.method.match(r.Method) {
 		return false
 	}
-	if c.path != nil && !c.path.MatchString(r.Path) {
+	if c.path != nil && !c.path.match(r.Path) {
 		return false
 	}
-	if c.host != nil && !c.host.MatchString(r.Host) {
+	if c.host != nil && !c.host.match(r.Host) {
 		return false
 	}
 	for _, h := range c.headers {
@@ -162,22 +187,26 @@ func asciiEqualFold(b []byte, s string) bool {
 	return true
 }
 
-func ruleKey(r cnp.HTTPRule) string {
-	var b strings.Builder
-	b.WriteString(r.Method + "\x00" + r.Path + "\x00" + r.Host)
-	for _, h := range r.Headers {
-		b.WriteString("\x00h" + h)
-	}
-	for _, h := range r.HeaderMatches {
-		b.WriteString("\x00m" + h.Name + "=" + h.Value)
-	}
-	return b.String()
+// matcher compiles rules once per version of the policy and keeps them:
+// the same rules serve every request of every connection. A version's
+// rules never change, so a rule's address in it names it.
+type matcher struct {
+	cache atomic.Pointer[ruleCache]
 }
 
-// matcher compiles rules once and keeps them: the same rules serve every
-// request of every connection.
-type matcher struct {
-	rules sync.Map // ruleKey -> *Rule
+type ruleCache struct {
+	res   *policy.Result
+	rules sync.Map // *cnp.HTTPRule (in res) -> *Rule, or nil when it does not compile
+}
+
+// compiled returns the cache of res, a new one when res is a new version.
+func (m *matcher) compiled(res *policy.Result) *ruleCache {
+	if c := m.cache.Load(); c != nil && c.res == res {
+		return c
+	}
+	c := &ruleCache{res: res}
+	m.cache.Store(c)
+	return c
 }
 
 // Decision is the verdict on one request.
@@ -208,52 +237,59 @@ func (m *matcher) decide(res *policy.Result, src, dst uint32, port uint16, r *Re
 	if res == nil {
 		return Decision{Dir: policy.Egress}
 	}
-	eg := res.HTTPRules(src, dst, policy.Egress, port)
-	in := res.HTTPRules(dst, src, policy.Ingress, port)
-	if len(eg) == 0 && len(in) == 0 {
-		return Decision{Dir: policy.Egress}
+	c := m.compiled(res)
+	egCookie, egCovered, egOK := c.match(res.HTTPSets(src, policy.Egress), dst, port, r)
+	if egCovered && !egOK {
+		return Decision{Dir: policy.Egress, Cookie: egCookie}
 	}
-	d := Decision{Allowed: true, Dir: policy.Ingress}
-	if len(eg) > 0 {
-		cookie, ok := m.match(eg, r)
-		if !ok {
-			return Decision{Dir: policy.Egress, Cookie: eg[0].Cookie}
-		}
-		d = Decision{Allowed: true, Dir: policy.Egress, Cookie: cookie}
+	inCookie, inCovered, inOK := c.match(res.HTTPSets(dst, policy.Ingress), src, port, r)
+	switch {
+	case inCovered && !inOK:
+		return Decision{Dir: policy.Ingress, Cookie: inCookie}
+	case egCovered:
+		return Decision{Allowed: true, Dir: policy.Egress, Cookie: egCookie}
+	case inCovered:
+		return Decision{Allowed: true, Dir: policy.Ingress, Cookie: inCookie}
 	}
-	if len(in) > 0 {
-		cookie, ok := m.match(in, r)
-		if !ok {
-			return Decision{Dir: policy.Ingress, Cookie: in[0].Cookie}
-		}
-		if len(eg) == 0 {
-			d.Cookie = cookie
-		}
-	}
-	return d
+	return Decision{Dir: policy.Egress}
 }
 
-// match returns the cookie of the first rule set with a rule matching r.
-// Rules of one set are ORed; a set without rules allows every request.
-func (m *matcher) match(sets []policy.HTTPRuleSet, r *Request) (uint32, bool) {
-	for _, s := range sets {
-		if len(s.Rules) == 0 {
-			return s.Cookie, true
+// match judges r by the sets of one side that apply to the connection with
+// remote on port: covered says whether any does; the cookie is that of the
+// first set with a rule matching r (ok), else of the first set that
+// applies. Rules of one set are ORed; a set without rules allows every
+// request.
+func (c *ruleCache) match(sets []policy.HTTPRuleSet, remote uint32, port uint16, r *Request) (cookie uint32, covered, ok bool) {
+	for i := range sets {
+		s := &sets[i]
+		if !s.Applies(remote, port) {
+			continue
 		}
-		for _, rule := range s.Rules {
-			k := ruleKey(rule)
-			v, ok := m.rules.Load(k)
-			if !ok {
-				c, err := Compile(rule)
-				if err != nil {
-					continue // validated when the policy was read; a rule that does not compile allows nothing
-				}
-				v, _ = m.rules.LoadOrStore(k, c)
-			}
-			if v.(*Rule).Matches(r) {
-				return s.Cookie, true
+		if !covered {
+			cookie, covered = s.Cookie, true
+		}
+		if len(s.Rules) == 0 {
+			return s.Cookie, true, true
+		}
+		for j := range s.Rules {
+			if rule := c.rule(&s.Rules[j]); rule != nil && rule.Matches(r) {
+				return s.Cookie, true, true
 			}
 		}
 	}
-	return 0, false
+	return cookie, covered, false
+}
+
+// rule compiles a rule of the version on first use. One that does not
+// compile (validated when the policy was read) allows nothing.
+func (c *ruleCache) rule(r *cnp.HTTPRule) *Rule {
+	if v, ok := c.rules.Load(r); ok {
+		return v.(*Rule)
+	}
+	compiled, err := Compile(*r)
+	if err != nil {
+		compiled = nil
+	}
+	v, _ := c.rules.LoadOrStore(r, compiled)
+	return v.(*Rule)
 }

@@ -1,6 +1,7 @@
 package l7proxy
 
 import (
+	"regexp"
 	"testing"
 
 	"github.com/aegis-cni/aegis/daemon/policy/cnp"
@@ -79,6 +80,8 @@ func TestRuleMatches(t *testing.T) {
 func FuzzRule(f *testing.F) {
 	f.Add("GET", "/", "", "X-A: b", "GET", "/", "h", "X-A", "b")
 	f.Add("(", "[", "*", "", "POST", "/x", "", "", "")
+	f.Add("G.T", "/a|/b", "(?i)host", "", "GET", "/b", "HOST", "", "")
+	f.Add("GET", "/a\\.b", "x$", "", "GET\n", "/a.b", "x", "", "")
 	f.Fuzz(func(t *testing.T, method, path, host, header, rm, rp, rh, hk, hv string) {
 		rule, err := Compile(cnp.HTTPRule{Method: method, Path: path, Host: host, Headers: []string{header}})
 		if err != nil {
@@ -88,12 +91,27 @@ func FuzzRule(f *testing.F) {
 		if hk != "" {
 			r.Header = []Field{{Name: []byte(hk), Value: []byte(hv)}}
 		}
-		got := rule.Matches(r)
+		// Each part matches as its anchored expression does, literal or
+		// not.
+		for _, part := range []struct {
+			expr, value string
+			p           *pattern
+		}{{method, rm, rule.method}, {path, rp, rule.path}, {host, rh, rule.host}} {
+			if part.expr == "" {
+				if part.p != nil {
+					t.Fatalf("empty expression compiled to %+v", part.p)
+				}
+				continue
+			}
+			want := regexp.MustCompile("^(?:" + part.expr + ")$").MatchString(part.value)
+			if got := part.p.match(part.value); got != want {
+				t.Fatalf("%q against %q: %v, the expression says %v (plain %v)", part.expr, part.value, got, want, part.p.plain)
+			}
+		}
 		// An empty rule part never decides against a request.
 		empty, _ := Compile(cnp.HTTPRule{})
 		if !empty.Matches(r) {
 			t.Fatal("the empty rule refused a request")
 		}
-		_ = got
 	})
 }

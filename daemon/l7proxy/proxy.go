@@ -7,9 +7,11 @@
 // others `403 Access denied`, and reports every request and response as an
 // L7 HTTP flow. It is an HTTP/1.1 forwarder of its own rather than
 // net/http's server and reverse proxy: it parses only what framing and the
-// rules need (head.go, body.go), one goroutine per client connection with
-// one upstream connection of its own (conn.go), which costs a fraction of
-// the CPU per request.
+// rules need (head.go, body.go). Each client connection has one upstream
+// connection of its own and is served by a goroutine (conn.go) or, while
+// kept alive between requests and for plain requests, by one epoll loop
+// on a thread of its own (loop.go), which hands anything else back to the
+// goroutine code.
 package l7proxy
 
 import (
@@ -67,11 +69,21 @@ type Proxy struct {
 	Allowed     atomic.Uint64
 	Denied      atomic.Uint64
 
-	// closing: shutdown began; conns are the client connections open.
+	// closing: shutdown began; killed: its grace ran out. conns are the
+	// client connections open, in the loop or not.
 	closing atomic.Bool
-	mu      sync.Mutex
-	conns   map[*conn]struct{}
-	wg      sync.WaitGroup
+	killed  atomic.Bool
+	// loop serves kept-alive connections (loop.go), started on first
+	// use; noLoop keeps every connection on its goroutine (tests).
+	loop     atomic.Pointer[loop]
+	loopOnce sync.Once
+	noLoop   bool
+	// adopted counts the connections the loop took, looped the requests
+	// it forwarded.
+	adopted, looped atomic.Uint64
+	mu              sync.Mutex
+	conns           map[*conn]struct{}
+	wg              sync.WaitGroup
 }
 
 // shutdownGrace is how long connections serving a request at shutdown
@@ -174,13 +186,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-time.After(shutdownGrace):
+		p.killed.Store(true)
 		p.mu.Lock()
 		for c := range p.conns {
 			c.kill()
 		}
 		p.mu.Unlock()
+		p.stopLoop()
 		<-done
 	}
+	p.stopLoop()
 	return nil
 }
 
@@ -195,6 +210,10 @@ func (p *Proxy) shutdown() {
 		if c.idle.Load() {
 			_ = c.nc.Close()
 		}
+	}
+	// The loop ends its idle ones.
+	if l := p.loop.Load(); l != nil {
+		l.wake()
 	}
 }
 

@@ -60,6 +60,7 @@ func newTestProxy(t testing.TB, local func(netip.Addr) (bool, error), emit func(
 	p := newProxy(Config{ConnectTimeout: time.Second, HeaderTimeout: 2 * time.Second}, noDatapath{}, emit, slog.New(slog.DiscardHandler))
 	p.viaEndpoint = local
 	p.SetPolicy(allowAll)
+	t.Cleanup(p.stopLoop)
 	return p
 }
 

@@ -153,11 +153,26 @@ func (r *Result) HTTPRules(local, remote uint32, dir Direction, port uint16) []H
 	}
 	var out []HTTPRuleSet
 	for _, h := range all[local] {
-		if (h.AnyRemote || slices.Contains(h.Remotes, remote)) && covers(h.Ports, ProtoTCP, port) {
+		if h.Applies(remote, port) {
 			out = append(out, h)
 		}
 	}
 	return out
+}
+
+// HTTPSets returns every HTTP rule set of local for dir, whatever the
+// connection: the proxy picks the ones that apply (Applies) without
+// building a list per request.
+func (r *Result) HTTPSets(local uint32, dir Direction) []HTTPRuleSet {
+	if dir == Ingress {
+		return r.HTTPIngress[local]
+	}
+	return r.HTTP[local]
+}
+
+// Applies says whether the set covers a connection with remote on port.
+func (h *HTTPRuleSet) Applies(remote uint32, port uint16) bool {
+	return (h.AnyRemote || slices.Contains(h.Remotes, remote)) && covers(h.Ports, ProtoTCP, port)
 }
 
 // addHTTP records the HTTP rules of an allow rule and gives their ports

@@ -184,7 +184,7 @@ func (r dnsRound) addP50() time.Duration { return r.proxied.p50 - r.direct.p50 }
 func (r dnsRound) addP99() time.Duration { return r.proxied.p99 - r.direct.p99 }
 
 // medianOf is the median of f over rounds.
-func medianOf(rounds []dnsRound, f func(dnsRound) float64) float64 {
+func medianOf[R any](rounds []R, f func(R) float64) float64 {
 	v := make([]float64, len(rounds))
 	for i, r := range rounds {
 		v[i] = f(r)
