@@ -88,20 +88,7 @@ func ctxValues(f *flow.Flow) []string {
 // Count accounts one flow.
 func (m *Metrics) Count(f *flow.Flow) {
 	if l7 := f.GetL7(); l7.GetDns() != nil || l7.GetHttp() != nil {
-		k := l7KeyOf(f)
-		m.mu.Lock()
-		cs, ok := m.l7Series[k]
-		if !ok {
-			cs = m.l7Counters(f)
-			m.l7Series[k] = cs
-		}
-		m.mu.Unlock()
-		for _, x := range cs.counters {
-			x.Inc()
-		}
-		if cs.duration != nil {
-			cs.duration.Observe(float64(l7.GetLatencyNs()) / 1e9)
-		}
+		m.countL7(l7KeyOf(f), func() *flow.Flow { return f }, time.Duration(l7.GetLatencyNs()))
 		return
 	}
 	k := l4KeyOf(f)
@@ -167,6 +154,38 @@ type l7Key struct {
 	qtypes, rrtypes string
 	rcode           uint32
 	ips             int
+}
+
+// countL7 counts an L7 flow in the series of k, which flow (called only
+// for a series not seen before) labels.
+func (m *Metrics) countL7(k l7Key, flow func() *flow.Flow, latency time.Duration) {
+	m.mu.Lock()
+	cs, ok := m.l7Series[k]
+	if !ok {
+		cs = m.l7Counters(flow())
+		m.l7Series[k] = cs
+	}
+	m.mu.Unlock()
+	for _, x := range cs.counters {
+		x.Inc()
+	}
+	if cs.duration != nil {
+		cs.duration.Observe(latency.Seconds())
+	}
+}
+
+// countHTTP counts an HTTP entry without building its flow, unless its
+// series is new.
+func (m *Metrics) countHTTP(e *observe.Entry, h observe.HTTPKey, latency time.Duration) {
+	k := l7Key{srcNS: h.SrcNamespace, srcPod: h.SrcPod, dstNS: h.DstNamespace, dstPod: h.DstPod, verdict: h.Verdict,
+		typ: flow.L7FlowType_REQUEST, dir: flow.TrafficDirection_EGRESS, method: h.Method, protocol: h.Protocol, code: h.Code}
+	if h.Response {
+		k.typ = flow.L7FlowType_RESPONSE
+	}
+	if h.Ingress {
+		k.dir = flow.TrafficDirection_INGRESS
+	}
+	m.countL7(k, func() *flow.Flow { return m.observer.Flow(e) }, latency)
 }
 
 func l7KeyOf(f *flow.Flow) l7Key {
@@ -296,7 +315,11 @@ func (m *Metrics) CountEntries(batch []observe.Entry) {
 		e := &batch[i]
 		k, ok := e.L4Key()
 		if !ok {
-			m.Count(e.L7())
+			if h, latency, ok := e.HTTP(); ok {
+				m.countHTTP(e, h, latency)
+			} else {
+				m.Count(e.L7())
+			}
 			continue
 		}
 		if cs != nil && k == last {

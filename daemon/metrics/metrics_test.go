@@ -120,6 +120,22 @@ func TestCountEntries(t *testing.T) {
 	obs.AddEvents(evs[:5]...)
 	obs.Add(&flow.Flow{Verdict: flow.Verdict_FORWARDED, Source: &flow.Endpoint{Namespace: "pets", PodName: "store-front"}, Destination: &flow.Endpoint{},
 		L7: &flow.Layer7{Type: flow.L7FlowType_REQUEST, Record: &flow.Layer7_Dns{Dns: &flow.DNS{Query: "a.example.", Qtypes: []string{"A"}}}}})
+	// HTTP entries count from their keys too, their flows built only for
+	// a new series.
+	server := netip.MustParseAddrPort("10.244.1.3:3002")
+	for i, h := range []observe.HTTPEvent{
+		{Verdict: flow.Verdict_DROPPED, Direction: flow.TrafficDirection_EGRESS, Method: "POST", URL: "http://x/", Protocol: "HTTP/1.1"},
+		{Verdict: flow.Verdict_DROPPED, Direction: flow.TrafficDirection_EGRESS, Method: "POST", URL: "http://x/", Protocol: "HTTP/1.1", Response: true, Code: 403},
+		{Verdict: flow.Verdict_FORWARDED, Direction: flow.TrafficDirection_EGRESS, Method: "GET", URL: "http://x/", Protocol: "HTTP/1.1", Response: true, Code: 200, Latency: 3 * time.Millisecond},
+		{Verdict: flow.Verdict_FORWARDED, Direction: flow.TrafficDirection_EGRESS, Method: "GET", URL: "http://x/a", Protocol: "HTTP/1.1", Response: true, Code: 200, Latency: 40 * time.Millisecond},
+		{Verdict: flow.Verdict_FORWARDED, Direction: flow.TrafficDirection_INGRESS, Method: "GET", URL: "http://x/", Protocol: "HTTP/1.0", Response: true, Code: 404, Latency: time.Millisecond, Cookie: 9},
+	} {
+		h.Time, h.Src, h.Dst, h.SrcIdentity, h.DstIdentity = time.Now(), pod, server, 300, 301
+		if i == 4 {
+			h.Src = world
+		}
+		obs.AddHTTP(&h)
+	}
 	obs.AddEvents(evs[5:]...)
 	for _, f := range obs.Last(64, nil) {
 		slow.Count(f)
@@ -129,7 +145,8 @@ func TestCountEntries(t *testing.T) {
 		fast, slow prometheus.Collector
 	}{{"hubble_flows_processed_total", fast.flows, slow.flows}, {"hubble_drop_total", fast.drops, slow.drops},
 		{"hubble_tcp_flags_total", fast.tcpFlags, slow.tcpFlags}, {"hubble_policy_verdicts_total", fast.verdicts, slow.verdicts},
-		{"hubble_dns_queries_total", fast.dnsQ, slow.dnsQ}} {
+		{"hubble_dns_queries_total", fast.dnsQ, slow.dnsQ}, {"hubble_http_requests_total", fast.httpReq, slow.httpReq},
+		{"hubble_http_request_duration_seconds", fast.httpDur, slow.httpDur}} {
 		got, err := testutil.CollectAndFormat(c.fast, expfmt.TypeTextPlain, c.name)
 		if err != nil {
 			t.Fatal(err)

@@ -54,7 +54,8 @@ type Entry struct {
 	ev       bpf.FlowEvent
 	src, dst *end
 	policy   *flow.Policy // the rule that decided, nil for none
-	l7       *flow.Flow   // an L7 flow of a proxy; ev is then unused
+	l7       *flow.Flow   // an L7 flow of a proxy (DNS); ev is then unused
+	http     *HTTPEvent   // an event of the HTTP proxy (http.go); ev is then unused
 	// The DNS names the pods had for the addresses then (shared with the
 	// observer's memory of them, which never changes a slice in place).
 	srcNames, dstNames []string
@@ -80,14 +81,15 @@ type L4Key struct {
 
 // L4Key returns the entry's key, false for an L7 flow.
 func (e *Entry) L4Key() (L4Key, bool) {
-	if e.l7 != nil {
+	if e.l7 != nil || e.http != nil {
 		return L4Key{}, false
 	}
 	return L4Key{src: e.src, dst: e.dst, dropped: e.ev.Dropped, reply: e.ev.CTState == bpf.CTReply, matched: e.policy != nil,
 		reason: e.ev.Reason, dir: e.ev.Dir, proto: e.ev.Proto, tcpFlags: e.ev.TCPFlags}, true
 }
 
-// L7 returns the entry's L7 flow, nil for a datapath event.
+// L7 returns the entry's L7 flow if it holds one, nil for a datapath
+// event or an HTTP event (whose flow is built when asked for: see HTTP).
 func (e *Entry) L7() *flow.Flow { return e.l7 }
 
 type endKey struct {
@@ -227,6 +229,9 @@ type flowBlock struct {
 func build(e *Entry, node string) *flow.Flow {
 	if e.l7 != nil {
 		return e.l7
+	}
+	if e.http != nil {
+		return httpFlow(e, node)
 	}
 	ev := &e.ev
 	b := &flowBlock{}

@@ -57,29 +57,44 @@ func newL7Builder(r Resolver) *l7Builder {
 	return &l7Builder{c: newResolver(r), node: r.NodeName()}
 }
 
-// start fills in what every L7 flow has: time, verdict, addresses, ends
-// (the answer's ends are the server's then the pod's), ports, Hubble's
-// access-log event type (129), and the rule of cookie, which decide puts
-// in its list.
-func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst netip.AddrPort, srcID, dstID uint32, proto uint8, cookie uint32) *l7Block {
+// resolve returns an L7 flow's ends, the answer's being the server's then
+// the pod's, and the rule of cookie (nil for none).
+func (b *l7Builder) resolve(response bool, src, dst netip.AddrPort, srcID, dstID uint32, cookie uint32) (from, to *end, rule *flow.Policy) {
 	b.mu.Lock()
 	b.c.refresh()
-	from, to := b.c.end(endKey{src.Addr(), srcID}), b.c.end(endKey{dst.Addr(), dstID})
-	rule := b.c.policy(cookie)
+	from, to = b.c.end(endKey{src.Addr(), srcID}), b.c.end(endKey{dst.Addr(), dstID})
+	rule = b.c.policy(cookie)
 	b.mu.Unlock()
-	sport, dport := uint32(src.Port()), uint32(dst.Port())
 	if response {
 		from, to = to, from
+	}
+	if rule.Name == "" { // the remembered "no rule" has none
+		rule = nil
+	}
+	return from, to, rule
+}
+
+// start resolves and fills in what every L7 flow has (see fill).
+func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst netip.AddrPort, srcID, dstID uint32, proto uint8, cookie uint32) *l7Block {
+	from, to, rule := b.resolve(response, src, dst, srcID, dstID, cookie)
+	sport, dport := src.Port(), dst.Port()
+	if response {
 		sport, dport = dport, sport
 	}
+	return fill(t, v, response, from, to, sport, dport, proto, rule, b.node)
+}
+
+// fill fills in what every L7 flow has: time, verdict, addresses, ends
+// and ports (the flow's, the answer's reversed already), Hubble's
+// access-log event type (129), and the rule, which decide puts in its
+// list.
+func fill(t time.Time, v flow.Verdict, response bool, from, to *end, sport, dport uint16, proto uint8, rule *flow.Policy, node string) *l7Block {
 	k := &l7Block{}
-	if rule.Name != "" { // the remembered "no rule" has none
-		k.policy[0] = rule
-	}
+	k.policy[0] = rule
 	f := &k.f
 	k.ts.Seconds, k.ts.Nanos = t.Unix(), int32(t.Nanosecond())
 	f.Time = &k.ts
-	f.Verdict, f.Type, f.NodeName = v, flow.FlowType_L7, b.node
+	f.Verdict, f.Type, f.NodeName = v, flow.FlowType_L7, node
 	k.ip.Source, k.ip.Destination, k.ip.IpVersion = from.addr, to.addr, flow.IPVersion_IPv4
 	f.IP = &k.ip
 	f.Source, f.Destination = from.ep, to.ep
@@ -89,11 +104,11 @@ func (b *l7Builder) start(t time.Time, v flow.Verdict, response bool, src, dst n
 	k.reply.Value = response
 	f.IsReply = &k.reply
 	if proto == policy.ProtoTCP {
-		k.tcp.SourcePort, k.tcp.DestinationPort = sport, dport
+		k.tcp.SourcePort, k.tcp.DestinationPort = uint32(sport), uint32(dport)
 		k.tcpOf.TCP = &k.tcp
 		k.l4.Protocol = &k.tcpOf
 	} else {
-		k.udp.SourcePort, k.udp.DestinationPort = sport, dport
+		k.udp.SourcePort, k.udp.DestinationPort = uint32(sport), uint32(dport)
 		k.udpOf.UDP = &k.udp
 		k.l4.Protocol = &k.udpOf
 	}

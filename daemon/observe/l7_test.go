@@ -49,6 +49,12 @@ func TestDNSFlow(t *testing.T) {
 	}
 }
 
+// builtHTTP is the flow of an HTTP event's entry.
+func builtHTTP(b *l7Builder, ev *HTTPEvent) *flow.Flow {
+	e := b.httpEntry(ev)
+	return httpFlow(&e, b.node)
+}
+
 // TestHTTPFlow: the side whose policy decided picks the list the rule is
 // in, and a response carries its code and latency.
 func TestHTTPFlow(t *testing.T) {
@@ -63,7 +69,7 @@ func TestHTTPFlow(t *testing.T) {
 		{flow.TrafficDirection_EGRESS, flow.Verdict_DROPPED, (*flow.Flow).GetEgressDeniedBy},
 		{flow.TrafficDirection_TRAFFIC_DIRECTION_UNKNOWN, flow.Verdict_FORWARDED, (*flow.Flow).GetEgressAllowedBy},
 	} {
-		f := b.httpFlow(&HTTPEvent{Time: time.Unix(5, 0), Src: l7Pod, Dst: netip.MustParseAddrPort("192.0.2.7:3002"), Verdict: c.verdict,
+		f := builtHTTP(b, &HTTPEvent{Time: time.Unix(5, 0), Src: l7Pod, Dst: netip.MustParseAddrPort("192.0.2.7:3002"), Verdict: c.verdict,
 			Direction: c.dir, Cookie: 9, Method: "POST", URL: "http://product-service:3002/", Protocol: "HTTP/1.1"})
 		if l := c.list(f); len(l) != 1 || l[0].GetName() != "allow-store-front-traffic" {
 			t.Errorf("%v %v: rule not in its list: %v", c.dir, c.verdict, f)
@@ -77,7 +83,7 @@ func TestHTTPFlow(t *testing.T) {
 			t.Errorf("%v %v: %v", c.dir, c.verdict, f)
 		}
 	}
-	r := b.httpFlow(&HTTPEvent{Time: time.Unix(6, 0), Src: l7Pod, Dst: netip.MustParseAddrPort("192.0.2.7:3002"), Verdict: flow.Verdict_FORWARDED,
+	r := builtHTTP(b, &HTTPEvent{Time: time.Unix(6, 0), Src: l7Pod, Dst: netip.MustParseAddrPort("192.0.2.7:3002"), Verdict: flow.Verdict_FORWARDED,
 		Response: true, Method: "GET", URL: "http://product-service:3002/", Code: 200, Latency: 3 * time.Millisecond})
 	if r.GetL7().GetType() != flow.L7FlowType_RESPONSE || r.GetL7().GetHttp().GetCode() != 200 || r.GetL7().GetLatencyNs() != 3e6 ||
 		r.GetDestination().GetPodName() != "store-front" || r.GetEgressAllowedBy() != nil {

@@ -176,8 +176,14 @@ func (o *Observer) AddEvents(evs ...bpf.FlowEvent) {
 // AddDNS takes in an event of the DNS proxy as its L7 flow.
 func (o *Observer) AddDNS(ev *DNSEvent) { o.Add(o.l7.dnsFlow(ev)) }
 
-// AddHTTP takes in an event of the HTTP proxy as its L7 flow.
-func (o *Observer) AddHTTP(ev *HTTPEvent) { o.Add(o.l7.httpFlow(ev)) }
+// AddHTTP takes in an event of the HTTP proxy, its flow to be built when
+// asked for (http.go); it keeps ev.
+func (o *Observer) AddHTTP(ev *HTTPEvent) {
+	e := o.l7.httpEntry(ev)
+	src, dst := ev.flowAddrs()
+	e.srcNames, e.dstNames = o.dns.pair(e.src.ep.PodName != "", e.dst.ep.PodName != "", src.Addr(), dst.Addr(), ev.Time)
+	o.take([]Entry{e})
+}
 
 // Add stores a flow that did not come from the ring (an L7 flow of a
 // proxy), for the APIs, taps and followers: a DNS answer teaches the
@@ -233,7 +239,7 @@ func (o *Observer) AddTap(t Tap) (remove func()) {
 // Flow builds the Hubble flow of an entry.
 func (o *Observer) Flow(e *Entry) *flow.Flow {
 	f := build(e, o.node)
-	if e.l7 == nil && e.srcNames == nil && e.dstNames == nil {
+	if e.l7 == nil && e.http == nil && e.srcNames == nil && e.dstNames == nil {
 		// The DNS proxy's answers reach aegisd apart from the datapath's
 		// events, so the first packets of a connection opened right after
 		// an answer can be read before it: names learned since still
