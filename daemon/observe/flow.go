@@ -46,7 +46,8 @@ type Versioned interface {
 }
 
 // Entry is one flow as the observer keeps it: a datapath event with its
-// ends and rule resolved when it was read, or an L7 flow of a proxy.
+// ends and rule resolved when it was read, an event of the HTTP proxy
+// resolved when it arrived, or the L7 flow of a DNS event.
 // Entries are values in a preallocated ring, so reading an event
 // allocates nothing; a flow.Flow (about 1.5 KB) is built from an entry
 // only when an API or the flow log asks for it.
