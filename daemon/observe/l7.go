@@ -12,9 +12,9 @@ import (
 	"github.com/aegis-cni/aegis/daemon/policy"
 )
 
-// The proxies' events become flows when they arrive, as Hubble shows them
-// (an L7 flow is its event: nothing is left to resolve later). What
-// makes one cheap is what makes the datapath's entries cheap: its
+// A DNS event becomes its flow when it arrives, as Hubble shows it (the
+// names it teaches are read from it); an HTTP event is kept as an entry
+// and its flow built when asked for (http.go). What makes a flow cheap is what makes the datapath's entries cheap: its
 // messages are one allocation, and its ends and rule are shared with
 // the other flows that name them, resolved once per version of the
 // resolver's tables. A flow built for each event through a dozen small
